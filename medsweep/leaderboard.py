@@ -1,0 +1,102 @@
+"""The local leaderboard: `<run dir>/leaderboard.csv` and `leaderboard.md`, rewritten as trials end.
+
+Ray calls this callback in the driver, so the files are written by one process only.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+
+from ray.tune import Callback
+
+from medsweep.metrics import is_better
+from medsweep.search_space import flatten_values
+
+SCORE_COLUMNS = ("val_f1_macro", "val_auroc", "val_accuracy")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    # Readers (a dashboard, `watch cat`) never see a half-written table.
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+class Leaderboard(Callback):
+    def __init__(self, run_dir: str | Path, metric: str, mode: str, param_names: list[str]):
+        self.run_dir, self.metric, self.mode = Path(run_dir), metric, mode
+        self.param_names = param_names
+        self.best: dict[str, dict] = {}  # trial id -> best result so far
+        self.last: dict[str, dict] = {}
+        self.evaluations: dict[str, int] = {}
+        self.rows: dict[str, dict] = {}  # finished trials only
+
+    # --- Ray Tune callback hooks -----------------------------------------------------------------
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        tid = trial.trial_id
+        self.evaluations[tid] = self.evaluations.get(tid, 0) + 1
+        self.last[tid] = result
+        if tid not in self.best or is_better(result.get(self.metric), self.best[tid].get(self.metric), self.mode):
+            self.best[tid] = result
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        finished = self.last.get(trial.trial_id, {}).get("final", False)
+        self._finish(trial, "completed" if finished else "early_stopped")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, "error")
+
+    # --- table -----------------------------------------------------------------------------------
+    def _finish(self, trial, status: str) -> None:
+        tid = trial.trial_id
+        best = self.best.get(tid, {})
+        params = flatten_values(trial.config)
+        row = {"trial_id": tid}
+        row.update({name: params.get(name) for name in self.param_names})
+        row.update({
+            "metric": self.metric,
+            "best_value": best.get(self.metric),
+            **{col: best.get(col) for col in SCORE_COLUMNS},
+            "best_step": best.get("step"),
+            "evaluations": self.evaluations.get(tid, 0),
+            "status": status,
+        })
+        self.rows[tid] = row
+        self.write()
+
+    def sorted_rows(self) -> list[dict]:
+        def key(row):
+            value = row["best_value"]
+            missing = value is None or (isinstance(value, float) and math.isnan(value))
+            return (missing, 0.0 if missing else (-value if self.mode == "max" else value))
+
+        return sorted(self.rows.values(), key=key)
+
+    def columns(self) -> list[str]:
+        return ["trial_id", *self.param_names, "metric", "best_value", *SCORE_COLUMNS, "best_step", "evaluations", "status"]
+
+    def write(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        rows = self.sorted_rows()
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.columns())
+        writer.writeheader()
+        writer.writerows(rows)
+        _atomic_write(self.run_dir / "leaderboard.csv", buffer.getvalue())
+
+        header = ["rank", *self.columns()]
+        lines = [f"# Leaderboard ({self.metric}, {'higher' if self.mode == 'max' else 'lower'} is better)", "",
+                 "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for rank, row in enumerate(rows, 1):
+            lines.append("| " + " | ".join([str(rank)] + [_fmt(row[c]) for c in self.columns()]) + " |")
+        _atomic_write(self.run_dir / "leaderboard.md", "\n".join(lines) + "\n")

@@ -1,0 +1,85 @@
+"""End to end: Hydra CLI -> Ray Tune + Optuna + ASHA -> real training -> promotion -> pipeline()."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY, compose_config, run_cli
+
+
+def reported_results(run_dir: Path) -> list[dict]:
+    """Every evaluation every trial reported, read back from Ray's own result files."""
+    rows = []
+    for path in (run_dir / "ray" / "sweep").glob("*/result.json"):
+        rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("smoke") / "run"
+    proc = run_cli("+sweep=smoke", f"hydra.run.dir={run_dir}", timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir, proc
+
+
+def test_smoke_sweep_runs_ray_trials_and_writes_the_leaderboard(smoke_run):
+    run_dir, proc = smoke_run
+    with open(run_dir / "leaderboard.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2
+    header = list(rows[0])
+    assert header[0] == "trial_id"
+    assert {"trainer.learning_rate", "trainer.warmup_ratio", "best_value", "val_f1_macro", "val_auroc",
+            "evaluations", "status"} <= set(header)
+    assert {r["status"] for r in rows} <= {"completed", "early_stopped"}
+    # Sorted best first; the learning rates came from the search space.
+    values = [float(r["best_value"]) for r in rows]
+    assert values == sorted(values, reverse=True)
+    assert all(5e-4 <= float(r["trainer.learning_rate"]) <= 3e-3 for r in rows)
+    assert len({r["trial_id"] for r in rows}) == 2
+    assert len({r["trainer.learning_rate"] for r in rows}) == 2  # Optuna proposed two configurations
+    assert "test macro-F1=" in proc.stdout and "AUROC=" in proc.stdout
+
+
+def test_promoted_model_is_the_best_evaluation_over_all_trials(smoke_run):
+    run_dir, _ = smoke_run
+    metrics = json.loads((run_dir / "promoted" / "metrics.json").read_text())
+    results = reported_results(run_dir)
+    assert len({r["trial_id"] for r in results}) == 2
+    best = max(r["val_f1_macro"] for r in results)
+    assert metrics["validation"]["val_f1_macro"] == pytest.approx(best)
+    winner = [r for r in results if r["val_f1_macro"] == pytest.approx(best)]
+    assert (metrics["trial_id"], metrics["validation"]["step"]) in {(r["trial_id"], r["step"]) for r in winner}
+    # Test metrics exist only for the promoted model, and are real numbers.
+    assert set(metrics["test"]) == {"test_f1_macro", "test_auroc", "test_accuracy"}
+    assert 0 <= metrics["test"]["test_accuracy"] <= 1
+    assert not any(k.startswith("test_") for r in results for k in r)
+    assert set(metrics["data_fingerprints"]) == {"train", "validation", "test"}
+
+
+def test_promoted_folder_loads_in_a_plain_pipeline_with_label_names(smoke_run):
+    from transformers import pipeline
+
+    run_dir, _ = smoke_run
+    promoted = run_dir / "promoted"
+    assert (promoted / "model.safetensors").exists() and (promoted / "medsweep_config.yaml").exists()
+    classify = pipeline("text-classification", model=str(promoted))
+    out = classify(["Adenocarcinoma of the colon with hepatic metastases treated by resection.",
+                    "Acute myocardial infarction and coronary artery disease in elderly patients."])
+    names = set(json.loads((promoted / "metrics.json").read_text())["label_names"])
+    assert len(out) == 2 and all(o["label"] in names for o in out)
+    assert all(0.0 < o["score"] <= 1.0 for o in out)
+
+
+def test_single_run_without_sweep_is_one_trial_through_the_same_path(tmp_path):
+    run_dir = tmp_path / "single"
+    overrides = [o for o in TINY if not o.startswith("cluster.")]
+    proc = run_cli(*overrides, "data.max_train_samples=48", "trainer.epochs=1", "cluster.num_cpus=1",
+                   "cluster.cpus_per_trial=1", f"hydra.run.dir={run_dir}", timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(run_dir / "leaderboard.csv")))
+    assert len(rows) == 1 and rows[0]["status"] == "completed"
+    assert (run_dir / "promoted" / "metrics.json").exists()
