@@ -8,7 +8,7 @@ value fails at composition time. Everything downstream receives the resolved con
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 
 @dataclass
@@ -72,6 +72,8 @@ class TrainerConfig:
     group_by_length: bool = True
     # Stop after this many optimizer steps (null: train for `epochs`).
     max_steps: Optional[int] = None
+    # auto: bf16 on a GPU that supports it, else fp32. Also fp32 | bf16 | fp16.
+    precision: str = "auto"
 
 
 @dataclass
@@ -110,9 +112,14 @@ class SweepConfig:
     # ASHA: evaluations a trial always gets before it can be stopped.
     grace_period: int = 1
     reduction_factor: int = 2
+    # Retries of a failed trial, each from its last checkpoint (0: a failed trial stays failed).
+    max_failures: int = 0
     # Nested like the config itself; a leaf is {type: loguniform|uniform|int|choice, ...}.
     # e.g. {"trainer": {"learning_rate": {"type": "loguniform", "lower": 1e-5, "upper": 5e-4}}}
     search_space: Dict[str, Any] = field(default_factory=dict)
+    # Configurations tried first, before the searcher proposes its own (nested like search_space,
+    # every dimension set): a known-good setting, a published baseline.
+    points_to_evaluate: List[Dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -157,6 +164,7 @@ def validate(config: dict) -> None:
         (t["gradient_accumulation_steps"] >= 1, "trainer.gradient_accumulation_steps must be >= 1"),
         (t["eval_every_steps"] >= 0, "trainer.eval_every_steps must be >= 0 (0 = every epoch)"),
         (t["max_steps"] is None or t["max_steps"] >= 1, "trainer.max_steps must be >= 1 or null"),
+        (t["precision"] in ("auto", "fp32", "bf16", "fp16"), f"trainer.precision must be auto, fp32, bf16 or fp16, got {t['precision']!r}"),
         (0.0 < d["val_fraction"] < 1.0, f"data.val_fraction must be in (0, 1), got {d['val_fraction']}"),
         (0.0 < d["test_fraction"] < 1.0, f"data.test_fraction must be in (0, 1), got {d['test_fraction']}"),
         (d["val_fraction"] + d["test_fraction"] < 1.0, "data.val_fraction + data.test_fraction must be < 1"),
@@ -169,6 +177,7 @@ def validate(config: dict) -> None:
         (s["scheduler"] in ("asha", "none"), f"sweep.scheduler must be asha or none, got {s['scheduler']!r}"),
         (s["grace_period"] >= 1, "sweep.grace_period must be >= 1"),
         (s["reduction_factor"] >= 2, "sweep.reduction_factor must be >= 2"),
+        (s["max_failures"] >= -1, "sweep.max_failures must be >= 0 (or -1: retry forever)"),
         (c["cpus_per_trial"] > 0, f"cluster.cpus_per_trial must be > 0, got {c['cpus_per_trial']}"),
         (c["gpus_per_trial"] >= 0, f"cluster.gpus_per_trial must be >= 0, got {c['gpus_per_trial']}"),
     ]

@@ -17,6 +17,7 @@ from medsweep.metrics import is_better
 from medsweep.search_space import flatten_values
 
 SCORE_COLUMNS = ("val_f1_macro", "val_auroc", "val_accuracy")
+TEXT_COLUMNS = ("trial_id", "metric", "status", "error")
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -24,6 +25,36 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _error_reason(trial) -> str:
+    """The exception's last line ("FloatingPointError: ... diverged"), from Ray's error record."""
+    def from_error():
+        return str(trial.get_error() or "")
+
+    def from_file():
+        return Path(trial.error_file).read_text() if trial.error_file else ""
+
+    for read in (from_error, from_file):
+        try:
+            lines = [line for line in read().strip().splitlines() if line.strip()]
+        except Exception:  # a missing or half-written record: try the next source
+            continue
+        if lines:
+            return lines[-1].strip()
+    return "unknown error"
+
+
+def _parse(text: str):
+    """Numbers back from a CSV cell, so that restored rows sort with new ones."""
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _fmt(value) -> str:
@@ -40,8 +71,21 @@ class Leaderboard(Callback):
         self.last: dict[str, dict] = {}
         self.evaluations: dict[str, int] = {}
         self.rows: dict[str, dict] = {}  # finished trials only
+        self.load_existing()
 
     # --- Ray Tune callback hooks -----------------------------------------------------------------
+    def setup(self, **info):
+        self.load_existing()
+
+    def load_existing(self) -> None:
+        """A resumed sweep keeps the rows of the trials that finished before it stopped."""
+        path = self.run_dir / "leaderboard.csv"
+        if not path.exists():
+            return
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                self.rows[row["trial_id"]] = {k: v if k in TEXT_COLUMNS else _parse(v) for k, v in row.items()}
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         tid = trial.trial_id
         self.evaluations[tid] = self.evaluations.get(tid, 0) + 1
@@ -54,10 +98,10 @@ class Leaderboard(Callback):
         self._finish(trial, "completed" if finished else "early_stopped")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._finish(trial, "error")
+        self._finish(trial, "error", _error_reason(trial)[:200])
 
     # --- table -----------------------------------------------------------------------------------
-    def _finish(self, trial, status: str) -> None:
+    def _finish(self, trial, status: str, error: str = "") -> None:
         tid = trial.trial_id
         best = self.best.get(tid, {})
         params = flatten_values(trial.config)
@@ -70,6 +114,7 @@ class Leaderboard(Callback):
             "best_step": best.get("step"),
             "evaluations": self.evaluations.get(tid, 0),
             "status": status,
+            "error": error,
         })
         self.rows[tid] = row
         self.write()
@@ -83,7 +128,8 @@ class Leaderboard(Callback):
         return sorted(self.rows.values(), key=key)
 
     def columns(self) -> list[str]:
-        return ["trial_id", *self.param_names, "metric", "best_value", *SCORE_COLUMNS, "best_step", "evaluations", "status"]
+        return ["trial_id", *self.param_names, "metric", "best_value", *SCORE_COLUMNS, "best_step", "evaluations",
+                "status", "error"]
 
     def write(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)

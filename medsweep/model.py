@@ -161,24 +161,15 @@ def count_parameters(model) -> dict[str, int]:
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
-# A checkpoint is a folder: the tokenizer, either the full model or the LoRA adapter (with its
-# classifier head) under adapter/, and trial.json with the trial's config and the evaluation.
+# A checkpoint is the folder the HF Trainer writes at each evaluation (model weights, or the LoRA
+# adapter with its classifier head; tokenizer; optimizer/scheduler/RNG state for resuming) plus
+# trial.json with the trial's config and that evaluation's metrics.
 
 TRIAL_FILE = "trial.json"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# In a promoted folder the merged model sits at the top and the adapter, for PEFT users, here.
 ADAPTER_DIR = "adapter"
-
-
-def save_checkpoint(model, tokenizer, directory: Path, info: dict) -> None:
-    import json
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(directory)
-    if is_peft(model):
-        model.save_pretrained(directory / ADAPTER_DIR)
-    else:
-        model.save_pretrained(directory)
-    (directory / TRIAL_FILE).write_text(json.dumps(info, indent=2, default=str))
 
 
 def read_checkpoint_info(directory: Path) -> dict:
@@ -187,21 +178,18 @@ def read_checkpoint_info(directory: Path) -> dict:
     return json.loads((Path(directory) / TRIAL_FILE).read_text())
 
 
+def is_adapter_checkpoint(directory: Path) -> bool:
+    return (Path(directory) / ADAPTER_CONFIG).exists()
+
+
 def load_checkpoint(directory: Path, merge: bool = True):
     """The model in a checkpoint; a LoRA adapter is put back on its base (and merged if asked)."""
     directory = Path(directory)
-    info = read_checkpoint_info(directory)
-    if not (directory / ADAPTER_DIR).is_dir():
+    if not is_adapter_checkpoint(directory):
         return AutoModelForSequenceClassification.from_pretrained(directory, use_safetensors=True)
     from peft import PeftModel
 
-    model_cfg = dict(info["config"]["model"], finetune="full")
-    base = build_model(model_cfg, info["label_names"])
-    model = PeftModel.from_pretrained(base, directory / ADAPTER_DIR)
+    info = read_checkpoint_info(directory)
+    base = build_model(dict(info["config"]["model"], finetune="full"), info["label_names"])
+    model = PeftModel.from_pretrained(base, directory)
     return model.merge_and_unload() if merge else model
-
-
-def is_peft(model) -> bool:
-    from peft import PeftModel
-
-    return isinstance(model, PeftModel)

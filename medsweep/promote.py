@@ -23,7 +23,15 @@ from transformers import AutoTokenizer
 
 from medsweep import data
 from medsweep.metrics import classification_metrics
-from medsweep.model import ADAPTER_DIR, TRIAL_FILE, load_checkpoint, read_checkpoint_info
+from medsweep.model import (
+    ADAPTER_CONFIG,
+    ADAPTER_DIR,
+    ADAPTER_WEIGHTS,
+    TRIAL_FILE,
+    is_adapter_checkpoint,
+    load_checkpoint,
+    read_checkpoint_info,
+)
 from medsweep.predict import predict_proba
 from medsweep.trial import quiet_libraries
 
@@ -63,8 +71,10 @@ def promote_checkpoint(checkpoint_dir: str | Path, run_dir: str | Path, provenan
     tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    if (checkpoint_dir / ADAPTER_DIR).is_dir():
-        shutil.copytree(checkpoint_dir / ADAPTER_DIR, staging / ADAPTER_DIR)
+    if is_adapter_checkpoint(checkpoint_dir):
+        (staging / ADAPTER_DIR).mkdir()
+        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+            shutil.copy2(checkpoint_dir / name, staging / ADAPTER_DIR / name)
     shutil.copy2(checkpoint_dir / TRIAL_FILE, staging / TRIAL_FILE)
 
     test_scores, data_summary = evaluate_test_split(model, tokenizer, config)

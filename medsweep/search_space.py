@@ -139,3 +139,20 @@ def flatten_values(nested: dict, prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def check_points(points: list, space: dict) -> list[dict]:
+    """Configurations to try first (known-good settings, or a baseline): nested like the space,
+    each setting every dimension. Returned flattened with "/" (the names OptunaSearch uses)."""
+    dims = flatten(space)
+    flat_points = []
+    for i, point in enumerate(points):
+        values = flatten_values(point) if isinstance(point, dict) else None
+        if values is None:
+            raise ConfigError(f"sweep.points_to_evaluate[{i}] must be a mapping like the search space")
+        if unknown := set(values) - set(dims):
+            raise ConfigError(f"sweep.points_to_evaluate[{i}] sets {sorted(unknown)}, which are not search dimensions")
+        if missing := set(dims) - set(values):
+            raise ConfigError(f"sweep.points_to_evaluate[{i}] must set every search dimension; missing {sorted(missing)}")
+        flat_points.append({path.replace(".", "/"): value for path, value in values.items()})
+    return flat_points

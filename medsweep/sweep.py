@@ -15,8 +15,9 @@ from medsweep import data
 from medsweep.config import ConfigError, validate
 from medsweep.metrics import METRIC_NAMES
 from medsweep.model import check_available
-from medsweep.search_space import apply_overrides, build_search_space, flatten
+from medsweep.search_space import apply_overrides, build_search_space, check_points, flatten
 
+EXPERIMENT_NAME = "sweep"
 REPORTED_METRICS = tuple(f"val_{name}" for name in METRIC_NAMES)
 # Environment every trial process gets: quiet, deterministic tokenizers, no HF telemetry.
 TRIAL_ENV = {
@@ -39,10 +40,23 @@ def tune_trial(sampled: dict, base_config: dict) -> None:
     # Ray logs every persisted checkpoint at INFO: one line per evaluation per trial.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
 
-    def report(metrics: dict, checkpoint_dir: Path) -> None:
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+    import ray
 
-    run_trial(apply_overrides(base_config, sampled), on_evaluation=report)
+    # Which node trained it: for operators reading a cluster sweep's results.
+    node_id = ray.get_runtime_context().get_node_id()
+
+    def report(metrics: dict, checkpoint_dir: Path) -> None:
+        tune.report(dict(metrics, node_id=node_id), checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+
+    config = apply_overrides(base_config, sampled)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        run_trial(config, on_evaluation=report)
+        return
+    # Ray restarted this trial (a failure with retries left, or a resumed sweep): continue from
+    # the last checkpoint it reported instead of training from scratch.
+    with checkpoint.as_directory() as directory:
+        run_trial(config, on_evaluation=report, resume_from=directory)
 
 
 def preflight(config: dict) -> tuple[dict, data.DataSplits]:
@@ -52,6 +66,7 @@ def preflight(config: dict) -> tuple[dict, data.DataSplits]:
     if sweep["metric"] not in REPORTED_METRICS:
         raise ConfigError(f"sweep.metric {sweep['metric']!r} is not reported by trials; choose one of {list(REPORTED_METRICS)}")
     space = build_search_space(sweep["search_space"], config)
+    check_points(sweep["points_to_evaluate"], sweep["search_space"])
     if sweep["num_trials"] > 1 and not space:
         raise ConfigError("sweep.num_trials > 1 but sweep.search_space is empty: every trial would be the same")
     cluster = config["cluster"]
@@ -98,14 +113,18 @@ def init_ray(cluster: dict) -> None:
 def build_searcher(config: dict, space: dict):
     from ray.tune.search import BasicVariantGenerator
     from ray.tune.search.optuna import OptunaSearch
+    from ray.tune.utils.util import unflatten_dict
 
     sweep = config["sweep"]
+    points = check_points(sweep["points_to_evaluate"], sweep["search_space"])
     if space and sweep["searcher"] == "optuna":
         import optuna
 
         # TPE seeded: the same sweep proposes the same trials (up to Ray's scheduling order).
-        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=sweep["seed"]))
-    return BasicVariantGenerator(random_state=sweep["seed"])
+        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=sweep["seed"]), points_to_evaluate=points or None)
+    # The random searcher takes the points nested, as the param space is.
+    nested = [unflatten_dict(point, delimiter="/") for point in points]
+    return BasicVariantGenerator(random_state=sweep["seed"], points_to_evaluate=nested or None)
 
 
 def max_evaluations(config: dict, num_train: int) -> int:
@@ -164,6 +183,16 @@ def run_sweep(config: dict, space: dict, num_train: int, trainable_fn=tune_trial
         metric_columns={sweep["metric"]: sweep["metric"], "evaluation": "evals", "step": "step"},
         max_report_frequency=30, sort_by_metric=True, max_progress_rows=20, max_error_rows=5,
     )
+    experiment = f"{storage.rstrip('/')}/{EXPERIMENT_NAME}"
+    leaderboard = Leaderboard(run_dir, sweep["metric"], sweep["mode"], param_names)
+    if tune.Tuner.can_restore(experiment):
+        # Same command, same run dir: pick the sweep up where it stopped. Finished trials are
+        # kept; unfinished ones continue from their last checkpoint; Optuna's state is restored.
+        print(f"[medsweep] resuming the sweep in {experiment}: {len(leaderboard.rows)} trial(s) already finished",
+              flush=True)
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, param_space=space,
+                                   resume_unfinished=True, resume_errored=False, restart_errored=False)
+        return tuner.fit()
     tuner = tune.Tuner(
         trainable,
         param_space=space,
@@ -173,12 +202,15 @@ def run_sweep(config: dict, space: dict, num_train: int, trainable_fn=tune_trial
             search_alg=build_searcher(config, space), scheduler=build_scheduler(config, num_train),
         ),
         run_config=tune.RunConfig(
-            name="sweep",
+            name=EXPERIMENT_NAME,
             storage_path=storage,
-            # One checkpoint per trial, its best evaluation: that is what promotion needs.
+            # One checkpoint per trial, its best evaluation: that is what promotion needs (Ray also
+            # keeps each trial's latest, to resume from).
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=sweep["metric"], checkpoint_score_order=sweep["mode"]),
-            callbacks=[Leaderboard(run_dir, sweep["metric"], sweep["mode"], param_names)],
+            # A failed trial (node lost, transient error) is retried from its last checkpoint.
+            failure_config=tune.FailureConfig(max_failures=sweep["max_failures"]),
+            callbacks=[leaderboard],
             progress_reporter=reporter,
             verbose=1,
         ),

@@ -6,8 +6,8 @@ debugging); the sweep passes `on_evaluation` to forward each evaluation and its 
 
 from __future__ import annotations
 
+import json
 import math
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -17,13 +17,15 @@ import numpy as np
 import torch
 from datasets import Dataset
 from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
 from medsweep import data, metrics
 from medsweep.metrics import METRIC_NAMES
-from medsweep.model import build_model, count_parameters, load_tokenizer, save_checkpoint
+from medsweep.config import ConfigError
+from medsweep.model import TRIAL_FILE, build_model, count_parameters, load_tokenizer, read_checkpoint_info
 
-# Called with (metrics of one evaluation, folder holding that step's checkpoint). The folder is
-# deleted when the call returns: copy what you keep.
+# Called with (metrics of one evaluation, folder holding that step's checkpoint). The folder may be
+# deleted once the call returns (the Trainer rotates checkpoints): copy what you keep.
 EvaluationHook = Callable[[dict, Path], None]
 
 
@@ -46,39 +48,66 @@ def tokenize(frame, tokenizer, max_length: int) -> Dataset:
 
 def compute_metrics(prediction) -> dict:
     logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    if not np.isfinite(logits).all():
+        # Say what happened; sklearn would only say "Input contains NaN".
+        raise FloatingPointError("the model's outputs are NaN/inf: training diverged (learning rate too high?)")
     return metrics.classification_metrics(prediction.label_ids, metrics.softmax(np.asarray(logits, dtype=np.float64)))
 
 
 class EvaluationReporter(TrainerCallback):
-    """After each evaluation: checkpoint the model and hand both to the hook."""
+    """Collects each evaluation; once the Trainer has written that step's checkpoint (model or
+    adapter, tokenizer, optimizer, scheduler, RNG state: everything a resume needs), adds
+    trial.json to it and hands both to the hook."""
 
-    def __init__(self, config: dict, label_names: list[str], tokenizer, fingerprints: dict, hook: Optional[EvaluationHook]):
-        self.config, self.label_names, self.tokenizer = config, label_names, tokenizer
-        self.fingerprints, self.hook = fingerprints, hook
+    def __init__(self, config: dict, label_names: list[str], fingerprints: dict, hook: Optional[EvaluationHook],
+                 precision: str, first_evaluation: int = 1):
+        self.config, self.label_names, self.fingerprints, self.hook = config, label_names, fingerprints, hook
+        self.precision = precision
+        self.next_evaluation = first_evaluation
         self.history: list[dict] = []
+        self.pending: Optional[dict] = None
         self.started = time.time()
 
-    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         report = {f"val_{k[len('eval_'):]}": float(v) for k, v in (metrics or {}).items()
                   if k.startswith("eval_") and k[len("eval_"):] in METRIC_NAMES}
         report.update(step=int(state.global_step), epoch=float(state.epoch or 0.0),
-                      evaluation=len(self.history) + 1, train_seconds=round(time.time() - self.started, 2),
+                      evaluation=self.next_evaluation, train_seconds=round(time.time() - self.started, 2),
+                      precision=self.precision, batch_size=int(args.per_device_train_batch_size),
+                      gradient_accumulation_steps=int(args.gradient_accumulation_steps),
                       # Lets the leaderboard tell a finished trial from one that ASHA stopped.
                       final=bool(state.max_steps and state.global_step >= state.max_steps))
         if math.isnan(report.get("val_loss", 0.0)):
             raise FloatingPointError(f"validation loss is NaN at step {state.global_step}")
+        self.next_evaluation += 1
         self.history.append(report)
-        if self.hook is None:
+        self.pending = report
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.hook is None or self.pending is None:
             return
-        with tempfile.TemporaryDirectory(prefix="medsweep-ckpt-") as directory:
-            info = {"metrics": report, "config": self.config, "label_names": self.label_names,
-                    "data_fingerprints": self.fingerprints}
-            save_checkpoint(model, self.tokenizer, Path(directory), info)
-            self.hook(report, Path(directory))
+        directory = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        info = {"metrics": self.pending, "config": self.config, "label_names": self.label_names,
+                "data_fingerprints": self.fingerprints}
+        (directory / TRIAL_FILE).write_text(json.dumps(info, indent=2, default=str))
+        report, self.pending = self.pending, None
+        self.hook(report, directory)
 
 
-def training_arguments(trainer_cfg: dict, output_dir: str) -> TrainingArguments:
+def choose_precision(setting: str, cuda: bool, bf16_supported: bool) -> str:
+    """auto: bf16 where the GPU does it natively (no loss scaling needed), else fp32. fp16 only
+    when asked: it needs loss scaling and overflows more easily on long clinical notes."""
+    if setting == "auto":
+        return "bf16" if cuda and bf16_supported else "fp32"
+    if setting in ("bf16", "fp16") and not cuda:
+        raise ConfigError(f"trainer.precision={setting} needs a CUDA GPU; use auto or fp32 on CPU")
+    return setting
+
+
+def training_arguments(trainer_cfg: dict, output_dir: str, precision: str, save: bool) -> TrainingArguments:
     eval_every = trainer_cfg["eval_every_steps"]
+    cuda = torch.cuda.is_available()
+    strategy = "steps" if eval_every else "epoch"
     return TrainingArguments(
         output_dir=output_dir,
         learning_rate=trainer_cfg["learning_rate"],
@@ -89,16 +118,23 @@ def training_arguments(trainer_cfg: dict, output_dir: str) -> TrainingArguments:
         gradient_accumulation_steps=trainer_cfg["gradient_accumulation_steps"],
         weight_decay=trainer_cfg["weight_decay"],
         warmup_steps=trainer_cfg["warmup_ratio"],
-        eval_strategy="steps" if eval_every else "epoch",
+        eval_strategy=strategy,
         eval_steps=eval_every or None,
-        # Checkpoints are written by EvaluationReporter and managed by Ray, not by the Trainer.
-        save_strategy="no",
-        logging_strategy="steps" if eval_every else "epoch",
-        logging_steps=eval_every or 500,
+        # A checkpoint at every evaluation, so Ray can keep the best one and resume from the last.
+        # Older ones are rotated out locally once Ray has persisted them.
+        save_strategy=strategy if save else "no",
+        save_steps=eval_every or None,
+        save_total_limit=1,
+        logging_strategy=strategy,
+        logging_steps=eval_every or None,
         report_to="none",
         seed=trainer_cfg["seed"],
         train_sampling_strategy="group_by_length" if trainer_cfg["group_by_length"] else "random",
-        use_cpu=not torch.cuda.is_available(),
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        # TF32 matmuls on Ampere+ are ~free accuracy-wise for fine-tuning and several times faster.
+        tf32=True if cuda and torch.cuda.get_device_capability()[0] >= 8 else None,
+        use_cpu=not cuda,
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
@@ -118,39 +154,64 @@ def quiet_libraries() -> None:
     datasets.disable_progress_bars()
 
 
-def run_trial(config: dict, on_evaluation: Optional[EvaluationHook] = None) -> dict:
-    """Train the configuration in `config`; return its evaluation history and best evaluation."""
+def run_trial(config: dict, on_evaluation: Optional[EvaluationHook] = None,
+              resume_from: Optional[str | Path] = None) -> dict:
+    """Train the configuration in `config`; return its evaluation history and best evaluation.
+
+    `resume_from`: a checkpoint this trial wrote earlier (Ray hands it back after a failure or a
+    driver restart); training continues from its step with its optimizer and RNG state.
+    """
     quiet_libraries()
-    trainer_cfg, sweep_cfg = config["trainer"], config["sweep"]
+    trainer_cfg = dict(config["trainer"])
     # Two trials on two cores must not each start a thread per core.
     torch.set_num_threads(max(1, int(config["cluster"]["cpus_per_trial"])))
     set_seed(trainer_cfg["seed"])
+    cuda = torch.cuda.is_available()
+    precision = choose_precision(trainer_cfg["precision"], cuda, cuda and torch.cuda.is_bf16_supported())
 
     splits = data.load_splits(config["data"])
     tokenizer = load_tokenizer(config["model"])
-    net = build_model(config["model"], splits.label_names)
     train_set = tokenize(splits.train, tokenizer, trainer_cfg["max_length"])
     val_set = tokenize(splits.validation, tokenizer, trainer_cfg["max_length"])
+    first_evaluation = 1
+    if resume_from is not None:
+        first_evaluation = read_checkpoint_info(resume_from)["metrics"]["evaluation"] + 1
+    reporter = EvaluationReporter(config, splits.label_names, splits.fingerprints, on_evaluation,
+                                  precision, first_evaluation)
 
-    reporter = EvaluationReporter(config, splits.label_names, tokenizer, splits.fingerprints, on_evaluation)
     with tempfile.TemporaryDirectory(prefix="medsweep-trainer-") as output_dir:
-        trainer = Trainer(
-            model=net,
-            args=training_arguments(trainer_cfg, output_dir),
-            train_dataset=train_set,
-            eval_dataset=val_set,
-            data_collator=DataCollatorWithPadding(tokenizer),
-            processing_class=tokenizer,
-            compute_metrics=compute_metrics,
-            callbacks=[reporter],
-        )
-        trainer.remove_callback(PrinterCallback)
-        train_output = trainer.train()
-        # Epoch-based evaluation misses the tail of a fractional last epoch; score the final weights too.
-        if not reporter.history or reporter.history[-1]["step"] != trainer.state.global_step:
-            trainer.evaluate()
+        while True:
+            set_seed(trainer_cfg["seed"])
+            net = build_model(config["model"], splits.label_names)
+            trainer = Trainer(
+                model=net,
+                args=training_arguments(trainer_cfg, output_dir, precision, save=on_evaluation is not None),
+                train_dataset=train_set,
+                eval_dataset=val_set,
+                data_collator=DataCollatorWithPadding(tokenizer),
+                processing_class=tokenizer,
+                compute_metrics=compute_metrics,
+                callbacks=[reporter],
+            )
+            trainer.remove_callback(PrinterCallback)
+            try:
+                train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+                break
+            except torch.OutOfMemoryError:
+                if trainer_cfg["batch_size"] == 1:
+                    raise
+                # Halve the batch, double accumulation: the same effective batch, so the same
+                # optimizer steps and learning-rate schedule; continue from the last checkpoint.
+                del trainer, net
+                if cuda:
+                    torch.cuda.empty_cache()
+                trainer_cfg["batch_size"] //= 2
+                trainer_cfg["gradient_accumulation_steps"] *= 2
+                resume_from = get_last_checkpoint(output_dir) or resume_from
+                print(f"[medsweep] out of memory: retrying with batch_size={trainer_cfg['batch_size']}, "
+                      f"gradient_accumulation_steps={trainer_cfg['gradient_accumulation_steps']}", flush=True)
 
-    metric, mode = sweep_cfg["metric"], sweep_cfg["mode"]
+    metric, mode = config["sweep"]["metric"], config["sweep"]["mode"]
     best = None
     for report in reporter.history:
         if metric not in report:
@@ -164,4 +225,7 @@ def run_trial(config: dict, on_evaluation: Optional[EvaluationHook] = None) -> d
         "parameters": count_parameters(net),
         "label_names": splits.label_names,
         "data_fingerprints": splits.fingerprints,
+        "precision": precision,
+        "batch_size": trainer_cfg["batch_size"],
+        "gradient_accumulation_steps": trainer_cfg["gradient_accumulation_steps"],
     }

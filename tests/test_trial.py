@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 
 from medsweep import data
-from medsweep.model import ADAPTER_DIR, build_model, load_checkpoint, read_checkpoint_info
+from medsweep.model import ADAPTER_WEIGHTS, build_model, load_checkpoint, read_checkpoint_info
 from medsweep.predict import predict_proba
 from medsweep.trial import run_trial
 from transformers import AutoTokenizer
@@ -31,7 +31,10 @@ def test_trial_runs_without_ray_and_reports_every_evaluation(tiny_config, tmp_pa
     best = max(history, key=lambda h: (h["val_f1_macro"], h["step"]))
     assert result["best"] == best
     assert [r for r, _ in seen] == history
-    assert all({"model.safetensors", "config.json", "trial.json", "tokenizer.json"} <= set(files) for _, files in seen)
+    # Each checkpoint is complete enough to resume from, not just to load.
+    for _, files in seen:
+        assert {"model.safetensors", "config.json", "trial.json", "tokenizer.json", "optimizer.pt",
+                "scheduler.pt", "trainer_state.json"} <= set(files), files
 
 
 def test_eval_every_steps_and_fractional_epochs_score_the_final_weights(tiny_config):
@@ -60,7 +63,7 @@ def test_lora_head_is_trainable_and_saved_with_the_adapter(tiny_config, tmp_path
 
     tiny_config["trainer"]["learning_rate"] = 2e-2  # move the zero-initialised lora_B away from 0
     run_trial(tiny_config, on_evaluation=keep_last)
-    with safe_open(str(kept / ADAPTER_DIR / "adapter_model.safetensors"), "pt") as tensors:
+    with safe_open(str(kept / ADAPTER_WEIGHTS), "pt") as tensors:
         keys = list(tensors.keys())
         assert any("classifier" in k for k in keys), keys
         lora_b = [tensors.get_tensor(k) for k in keys if "lora_B" in k]
