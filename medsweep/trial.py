@@ -16,9 +16,9 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 from datasets import Dataset
-from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import DataCollatorWithPadding, PrinterCallback, TrainerCallback, TrainingArguments, set_seed
 
-from medsweep import data, metrics
+from medsweep import data, imbalance, metrics
 from medsweep.metrics import METRIC_NAMES
 from medsweep.model import build_model, count_parameters, load_tokenizer, save_checkpoint
 
@@ -129,12 +129,14 @@ def run_trial(config: dict, on_evaluation: Optional[EvaluationHook] = None) -> d
     splits = data.load_splits(config["data"])
     tokenizer = load_tokenizer(config["model"])
     net = build_model(config["model"], splits.label_names)
-    train_set = tokenize(splits.train, tokenizer, trainer_cfg["max_length"])
+    # Oversampled if asked; class weights are then computed on the rows actually trained on.
+    train_rows = imbalance.training_split(splits.train, trainer_cfg)
+    train_set = tokenize(train_rows, tokenizer, trainer_cfg["max_length"])
     val_set = tokenize(splits.validation, tokenizer, trainer_cfg["max_length"])
 
     reporter = EvaluationReporter(config, splits.label_names, tokenizer, splits.fingerprints, on_evaluation)
     with tempfile.TemporaryDirectory(prefix="medsweep-trainer-") as output_dir:
-        trainer = Trainer(
+        trainer = imbalance.WeightedLossTrainer(
             model=net,
             args=training_arguments(trainer_cfg, output_dir),
             train_dataset=train_set,
@@ -143,6 +145,7 @@ def run_trial(config: dict, on_evaluation: Optional[EvaluationHook] = None) -> d
             processing_class=tokenizer,
             compute_metrics=compute_metrics,
             callbacks=[reporter],
+            class_weights=imbalance.class_weights(train_rows["label"], len(splits.label_names), trainer_cfg["class_weighting"]),
         )
         trainer.remove_callback(PrinterCallback)
         train_output = trainer.train()
