@@ -37,14 +37,23 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     name: str = "medical_abstracts"
-    # null means the copy of the data set shipped inside the package.
+    # A file, "builtin:NAME" for a data set shipped inside the package, or (format hf) a Hub dataset
+    # id or a local dataset folder. Set either this or train_path.
     path: Optional[str] = None
-    format: str = "csv"  # csv | jsonl
+    format: str = "csv"  # csv | jsonl | parquet | hf
     text_column: str = "text"
     text_pair_column: Optional[str] = None
     label_column: str = "label"
     # A two-column CSV (label value, label name) that names integer-coded labels.
     label_names_path: Optional[str] = None
+    # Splits fixed in advance (an official test set): a column whose values are train / validation /
+    # test, or one file per split. A split that is not given is carved out of the training rows.
+    split_column: Optional[str] = None
+    train_path: Optional[str] = None
+    validation_path: Optional[str] = None
+    test_path: Optional[str] = None
+    # format hf: the dataset's configuration (subset) name, as in datasets.load_dataset(path, name).
+    hf_subset: Optional[str] = None
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
@@ -74,6 +83,10 @@ class TrainerConfig:
     max_steps: Optional[int] = None
     # auto: bf16 on a GPU that supports it, else fp32. Also fp32 | bf16 | fp16.
     precision: str = "auto"
+    # Class imbalance: "balanced" weights the training loss by inverse class frequency; oversample
+    # repeats minority-class rows of the training split (never validation or test).
+    class_weighting: str = "none"  # none | balanced
+    oversample: bool = False
 
 
 @dataclass
@@ -146,6 +159,8 @@ class ConfigError(ValueError):
 
 METRIC_MODES = ("max", "min")
 FINETUNE_METHODS = ("full", "lora")
+DATA_FORMATS = ("csv", "jsonl", "parquet", "hf")
+CLASS_WEIGHTINGS = ("none", "balanced")
 
 
 def validate(config: dict) -> None:
@@ -165,6 +180,9 @@ def validate(config: dict) -> None:
         (t["eval_every_steps"] >= 0, "trainer.eval_every_steps must be >= 0 (0 = every epoch)"),
         (t["max_steps"] is None or t["max_steps"] >= 1, "trainer.max_steps must be >= 1 or null"),
         (t["precision"] in ("auto", "fp32", "bf16", "fp16"), f"trainer.precision must be auto, fp32, bf16 or fp16, got {t['precision']!r}"),
+        (t["class_weighting"] in CLASS_WEIGHTINGS,
+         f"trainer.class_weighting must be one of {CLASS_WEIGHTINGS}, got {t['class_weighting']!r}"),
+        (d["format"] in DATA_FORMATS, f"data.format must be one of {DATA_FORMATS}, got {d['format']!r}"),
         (0.0 < d["val_fraction"] < 1.0, f"data.val_fraction must be in (0, 1), got {d['val_fraction']}"),
         (0.0 < d["test_fraction"] < 1.0, f"data.test_fraction must be in (0, 1), got {d['test_fraction']}"),
         (d["val_fraction"] + d["test_fraction"] < 1.0, "data.val_fraction + data.test_fraction must be < 1"),

@@ -6,43 +6,51 @@ hands that to the stages. Order: check everything -> sweep -> promote -> summary
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from medsweep.config import ConfigError, MedsweepConfig
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("medsweep")
+# Read before cli() sets it for Hydra: only the user's own HYDRA_FULL_ERROR=1 shows tracebacks.
+SHOW_TRACEBACK = os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 # The schema: every group file is merged onto it, so an unknown key is an error at composition.
 ConfigStore.instance().store(name="medsweep_schema", node=MedsweepConfig)
 
 
-def execute(config: dict) -> dict:
-    """Check, sweep, promote. Returns the promoted model's metrics (empty if promotion is off)."""
-    from medsweep import sweep
+def execute(config: dict, on_checked: Optional[Callable[[], None]] = None) -> dict:
+    """Check, sweep, promote. Returns the promoted model's metrics (empty if promotion is off).
+
+    `on_checked` runs once every check has passed, before anything is written to the run dir.
+    """
+    from medsweep import data, sweep
+    from medsweep.imbalance import max_training_rows
     from medsweep.promote import promote_checkpoint
 
     run_dir = Path(config["run_dir"])
     started = time.time()
     space, splits = sweep.preflight(config)
-    summary = splits.summary
-    print(f"[medsweep] data: {summary['rows_read']} rows read, {summary['empty_texts_dropped']} empty, "
-          f"{summary['conflicting_texts_dropped']} conflicting texts dropped, {summary['duplicates_removed']} duplicates "
-          f"removed; train/val/test = {summary['split_sizes']['train']}/{summary['split_sizes']['validation']}/"
-          f"{summary['split_sizes']['test']}", flush=True)
-    sweep.write_json(run_dir / "data_summary.json", summary)
+    if on_checked is not None:
+        on_checked()
+    print("[medsweep] " + data.describe(splits.summary), flush=True)
+    sweep.write_json(run_dir / "data_summary.json", splits.summary)
 
-    results = sweep.run_sweep(config, space, num_train=len(splits.train))
+    results = sweep.run_sweep(config, space, num_train=max_training_rows(splits.train, config))
     best, checkpoint = sweep.best_checkpoint(results, config)
     if not config["promote"]["enabled"]:
         return {}
@@ -65,14 +73,59 @@ def main(cfg: DictConfig) -> None:
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     config["run_dir"] = HydraConfig.get().runtime.output_dir
     try:
-        execute(config)
+        execute(config, on_checked=lambda: save_hydra_files(cfg, Path(config["run_dir"])))
     except ConfigError as exc:
         # A user mistake: one line, no traceback (HYDRA_FULL_ERROR=1 shows it), non-zero exit.
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if SHOW_TRACEBACK:
             raise
         print(f"medsweep: error: {exc}", file=sys.stderr)
         sys.exit(2)
 
 
+def save_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
+    """What Hydra writes to .hydra/ (hydra.output_subdir is off in conf/config.yaml), written only
+    once the checks pass: a run that fails them leaves an earlier run's .hydra/ in the same dir intact."""
+    hydra_cfg = HydraConfig.get()
+    target = run_dir / ".hydra"
+    target.mkdir(parents=True, exist_ok=True)
+    for name, node in [("config.yaml", cfg), ("hydra.yaml", OmegaConf.create({"hydra": hydra_cfg})),
+                       ("overrides.yaml", hydra_cfg.overrides.task)]:
+        (target / name).write_text(OmegaConf.to_yaml(node))
+
+
+def one_line(exc: Exception) -> str:
+    """A Hydra/OmegaConf composition error (several lines) as one line; a misspelled key gets a guess."""
+    cause = exc.__cause__
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and getattr(cause, "full_key", None):
+        known = schema_keys(OmegaConf.structured(MedsweepConfig))
+        guess = difflib.get_close_matches(cause.full_key, known, n=1)
+        return f"unknown config key {cause.full_key!r}" + (f"; did you mean {guess[0]}?" if guess else "")
+    noise = ("full_key:", "reference_type=", "object_type=", "To append to your config")
+    # Hydra appends its config search path to a missing group option: not the user's business.
+    text = "\n".join((str(exc), str(cause or ""))).split("Config search path:")[0]
+    return " ".join(line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(noise))
+
+
+def schema_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for key in node:
+        child = node[key]
+        keys += schema_keys(child, f"{prefix}{key}.") if isinstance(child, DictConfig) else [f"{prefix}{key}"]
+    return keys
+
+
+def cli() -> None:
+    """Run main(); a config that does not compose (a misspelled key, a wrong type, an unknown group
+    option) is one line on stderr and exit 2, like every other user mistake."""
+    if SHOW_TRACEBACK:
+        return main()
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises the error to us instead of printing it over several lines
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as exc:
+        print(f"medsweep: error: {one_line(exc)}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -16,10 +16,10 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 from datasets import Dataset
-from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import DataCollatorWithPadding, PrinterCallback, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from medsweep import data, metrics
+from medsweep import data, imbalance, metrics
 from medsweep.metrics import METRIC_NAMES
 from medsweep.config import ConfigError
 from medsweep.model import TRIAL_FILE, build_model, count_parameters, load_tokenizer, read_checkpoint_info
@@ -173,7 +173,9 @@ def run_trial(config: dict, on_evaluation: Optional[EvaluationHook] = None,
 
     splits = data.load_splits(config["data"])
     tokenizer = load_tokenizer(config["model"])
-    train_set = tokenize(splits.train, tokenizer, trainer_cfg["max_length"])
+    # Oversampled if asked; class weights are then computed on the rows actually trained on.
+    train_rows = imbalance.training_split(splits.train, trainer_cfg)
+    train_set = tokenize(train_rows, tokenizer, trainer_cfg["max_length"])
     val_set = tokenize(splits.validation, tokenizer, trainer_cfg["max_length"])
     first_evaluation = 1
     if resume_from is not None:
@@ -185,7 +187,7 @@ def run_trial(config: dict, on_evaluation: Optional[EvaluationHook] = None,
         while True:
             set_seed(trainer_cfg["seed"])
             net = build_model(config["model"], splits.label_names)
-            trainer = Trainer(
+            trainer = imbalance.WeightedLossTrainer(
                 model=net,
                 args=training_arguments(trainer_cfg, output_dir, precision, save=on_evaluation is not None),
                 train_dataset=train_set,
@@ -194,6 +196,8 @@ def run_trial(config: dict, on_evaluation: Optional[EvaluationHook] = None,
                 processing_class=tokenizer,
                 compute_metrics=compute_metrics,
                 callbacks=[reporter],
+                class_weights=imbalance.class_weights(train_rows["label"], len(splits.label_names),
+                                                      trainer_cfg["class_weighting"]),
             )
             trainer.remove_callback(PrinterCallback)
             try:

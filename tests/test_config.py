@@ -60,8 +60,12 @@ def test_wrong_type_is_an_error():
 
 @pytest.mark.parametrize("override, message", [
     ("trainer.learning_rate=-1", "trainer.learning_rate must be > 0"),
+    ("trainer.learning_rate=0", "trainer.learning_rate must be > 0"),
     ("trainer.max_length=0", "trainer.max_length must be >= 1"),
     ("data.val_fraction=1.5", "data.val_fraction must be in (0, 1)"),
+    ("data.val_fraction=0", "data.val_fraction must be in (0, 1)"),
+    ("data.format=xlsx", "data.format must be one of ('csv', 'jsonl', 'parquet', 'hf'), got 'xlsx'"),
+    ("trainer.class_weighting=inverse", "trainer.class_weighting must be one of ('none', 'balanced')"),
     ("sweep.num_trials=0", "sweep.num_trials must be >= 1"),
     ("sweep.mode=maximum", "sweep.mode must be one of"),
 ])
@@ -94,8 +98,10 @@ def test_cli_bad_override_is_one_line_and_nonzero_and_writes_no_results(tmp_path
 
 def test_cli_misspelled_key_fails(tmp_path):
     proc = run_cli("trainer.lerning_rate=1e-4", f"hydra.run.dir={tmp_path / 'run'}")
-    assert proc.returncode != 0
-    assert "lerning_rate" in proc.stderr
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("medsweep: error: unknown config key 'trainer.lerning_rate'; "
+                                   "did you mean trainer.learning_rate?")
+    assert not (tmp_path / "run").exists()
 
 
 def test_hub_model_offline_fails_fast_with_a_clear_message(tmp_path):
