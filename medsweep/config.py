@@ -32,6 +32,11 @@ class ModelConfig:
     revision: Optional[str] = None
     # Remote code runs arbitrary Python from the Hub on machines that hold patient data: opt-in only.
     trust_remote_code: bool = False
+    # Precision the model computes in (and frozen weights are stored in); trainable weights stay
+    # float32. auto: bfloat16 on a CUDA GPU that supports it, else float32.
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    # 4bit: QLoRA, a LoRA adapter on a frozen bitsandbytes NF4 base (CUDA only).
+    quantization: str = "none"  # none | 4bit
 
 
 @dataclass
@@ -139,6 +144,8 @@ class ConfigError(ValueError):
 
 METRIC_MODES = ("max", "min")
 FINETUNE_METHODS = ("full", "lora")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZATIONS = ("none", "4bit")
 
 
 def validate(config: dict) -> None:
@@ -146,6 +153,10 @@ def validate(config: dict) -> None:
     m, d, t, s, c = (config[k] for k in ("model", "data", "trainer", "sweep", "cluster"))
     checks = [
         (m["finetune"] in FINETUNE_METHODS, f"model.finetune must be one of {FINETUNE_METHODS}, got {m['finetune']!r}"),
+        (m["dtype"] in DTYPES, f"model.dtype must be one of {DTYPES}, got {m['dtype']!r}"),
+        (m["quantization"] in QUANTIZATIONS, f"model.quantization must be one of {QUANTIZATIONS}, got {m['quantization']!r}"),
+        (m["quantization"] == "none" or m["finetune"] == "lora",
+         "model.quantization=4bit trains a LoRA adapter on a frozen 4-bit base: set model.finetune=lora"),
         (m["lora"]["r"] >= 1, f"model.lora.r must be >= 1, got {m['lora']['r']}"),
         (0.0 <= m["lora"]["dropout"] < 1.0, f"model.lora.dropout must be in [0, 1), got {m['lora']['dropout']}"),
         (t["learning_rate"] > 0, f"trainer.learning_rate must be > 0, got {t['learning_rate']}"),

@@ -18,7 +18,7 @@ import torch
 from datasets import Dataset
 from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from medsweep import data, metrics
+from medsweep import data, decoder, metrics
 from medsweep.metrics import METRIC_NAMES
 from medsweep.model import build_model, count_parameters, load_tokenizer, save_checkpoint
 
@@ -52,8 +52,9 @@ def compute_metrics(prediction) -> dict:
 class EvaluationReporter(TrainerCallback):
     """After each evaluation: checkpoint the model and hand both to the hook."""
 
-    def __init__(self, config: dict, label_names: list[str], tokenizer, fingerprints: dict, hook: Optional[EvaluationHook]):
-        self.config, self.label_names, self.tokenizer = config, label_names, tokenizer
+    def __init__(self, config: dict, label_names: list[str], tokenizer, fingerprints: dict, hook: Optional[EvaluationHook],
+                 dtype: str = "float32"):
+        self.config, self.label_names, self.tokenizer, self.dtype = config, label_names, tokenizer, dtype
         self.fingerprints, self.hook = fingerprints, hook
         self.history: list[dict] = []
         self.started = time.time()
@@ -64,7 +65,8 @@ class EvaluationReporter(TrainerCallback):
         report.update(step=int(state.global_step), epoch=float(state.epoch or 0.0),
                       evaluation=len(self.history) + 1, train_seconds=round(time.time() - self.started, 2),
                       # Lets the leaderboard tell a finished trial from one that ASHA stopped.
-                      final=bool(state.max_steps and state.global_step >= state.max_steps))
+                      final=bool(state.max_steps and state.global_step >= state.max_steps),
+                      dtype=self.dtype)  # what model.dtype=auto resolved to on the trial's machine
         if math.isnan(report.get("val_loss", 0.0)):
             raise FloatingPointError(f"validation loss is NaN at step {state.global_step}")
         self.history.append(report)
@@ -77,7 +79,7 @@ class EvaluationReporter(TrainerCallback):
             self.hook(report, Path(directory))
 
 
-def training_arguments(trainer_cfg: dict, output_dir: str) -> TrainingArguments:
+def training_arguments(trainer_cfg: dict, output_dir: str, dtype: torch.dtype = torch.float32) -> TrainingArguments:
     eval_every = trainer_cfg["eval_every_steps"]
     return TrainingArguments(
         output_dir=output_dir,
@@ -101,6 +103,9 @@ def training_arguments(trainer_cfg: dict, output_dir: str) -> TrainingArguments:
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         disable_tqdm=True,
+        # Autocast to model.dtype; the weights being trained are float32 (see model.build_model).
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
     )
 
 
@@ -129,14 +134,16 @@ def run_trial(config: dict, on_evaluation: Optional[EvaluationHook] = None) -> d
     splits = data.load_splits(config["data"])
     tokenizer = load_tokenizer(config["model"])
     net = build_model(config["model"], splits.label_names)
+    dtype = decoder.resolve_dtype(config["model"]["dtype"])
     train_set = tokenize(splits.train, tokenizer, trainer_cfg["max_length"])
     val_set = tokenize(splits.validation, tokenizer, trainer_cfg["max_length"])
 
-    reporter = EvaluationReporter(config, splits.label_names, tokenizer, splits.fingerprints, on_evaluation)
+    reporter = EvaluationReporter(config, splits.label_names, tokenizer, splits.fingerprints, on_evaluation,
+                                  dtype=decoder.dtype_name(dtype))
     with tempfile.TemporaryDirectory(prefix="medsweep-trainer-") as output_dir:
         trainer = Trainer(
             model=net,
-            args=training_arguments(trainer_cfg, output_dir),
+            args=training_arguments(trainer_cfg, output_dir, dtype),
             train_dataset=train_set,
             eval_dataset=val_set,
             data_collator=DataCollatorWithPadding(tokenizer),
@@ -161,6 +168,8 @@ def run_trial(config: dict, on_evaluation: Optional[EvaluationHook] = None) -> d
         "best": best,
         "history": reporter.history,
         "train_loss": float(train_output.training_loss),
+        "train_samples_per_second": float(train_output.metrics.get("train_samples_per_second", math.nan)),
+        "dtype": decoder.dtype_name(dtype),
         "parameters": count_parameters(net),
         "label_names": splits.label_names,
         "data_fingerprints": splits.fingerprints,
