@@ -69,9 +69,9 @@ def loading_kwargs(model_cfg: dict, dtype: torch.dtype) -> dict:
         return {}
     from transformers import BitsAndBytesConfig
 
-    settings = dict(bitsandbytes_settings(dtype), bnb_4bit_compute_dtype=dtype)
     # A 4-bit model cannot be moved after loading: put it on this trial's GPU now.
-    return {"quantization_config": BitsAndBytesConfig(**settings), "device_map": {"": torch.cuda.current_device()}}
+    return {"quantization_config": BitsAndBytesConfig(**bitsandbytes_settings(dtype)),
+            "device_map": {"": torch.cuda.current_device()}}
 
 
 def ensure_pad_token(tokenizer):

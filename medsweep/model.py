@@ -218,7 +218,7 @@ def read_checkpoint_info(directory: Path) -> dict:
 
 def load_checkpoint(directory: Path, merge: bool = True):
     """The model in a checkpoint; a LoRA adapter is put back on its base (and merged if asked,
-    unless the base is 4-bit: merging into quantized weights would round the adapter away)."""
+    unless the base is 4-bit: merging would re-quantize the adapter's update to 4 bits)."""
     directory = Path(directory)
     info = read_checkpoint_info(directory)
     if not (directory / ADAPTER_DIR).is_dir():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, BitsAndBytesConfig
 
 from medsweep import data, sweep
 from medsweep.config import ConfigError
@@ -124,6 +124,15 @@ def test_adapter_plus_base_reference_layout_loads_like_merged_weights(trained, t
     p1 = predict_proba(from_merged, tokenizer, TEXTS, max_length=32)
     np.testing.assert_allclose(p1, predict_proba(from_adapter, tokenizer, TEXTS, max_length=32), atol=1e-5)
 
+    # A 4-bit reference records QLoRA's recipe; loading it where there is no GPU says so in one line.
+    write_base_reference(adapter_dir, dict(config["model"], quantization="4bit"), reference["label_names"])
+    settings = json.loads((adapter_dir / BASE_MODEL_FILE).read_text())["bitsandbytes"]
+    recipe = BitsAndBytesConfig(**settings)
+    assert recipe.load_in_4bit and recipe.bnb_4bit_quant_type == "nf4" and recipe.bnb_4bit_use_double_quant
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+            load_promoted(adapter_dir)
+
 
 def test_bfloat16_keeps_trainable_weights_float32_and_records_the_dtype(llama_config):
     config = json.loads(json.dumps(llama_config))
@@ -167,11 +176,12 @@ def test_lora_decoder_sweep_trains_promotes_and_predicts(tmp_path):
     from transformers import pipeline
 
     run_dir = tmp_path / "run"
-    proc = run_cli("+sweep=lr_lora_decoder", *TINY_LLAMA, "trainer.eval_batch_size=32", "sweep.num_trials=2",
-                   "sweep.max_concurrent=2", f"hydra.run.dir={run_dir}", timeout=240)
+    proc = run_cli("+sweep=lr_lora_decoder", *TINY_LLAMA, "data.max_train_samples=64", "data.max_eval_samples=40",
+                   "trainer.eval_batch_size=40", "sweep.num_trials=2", "sweep.max_concurrent=2",
+                   f"hydra.run.dir={run_dir}", timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader(open(run_dir / "leaderboard.csv")))
-    assert len(rows) == 2 and {r["status"] for r in rows} <= {"completed", "early_stopped"}
+    assert len(rows) == 2 and {r["status"] for r in rows} <= {"completed", "early_stopped"}, proc.stdout[-3000:]
     for row in rows:  # the decoder search space was sampled
         assert row["model.lora.target_modules"] in ("q_proj,v_proj", "all-linear")
         assert int(row["model.lora.r"]) in (8, 16, 32) and int(row["trainer.gradient_accumulation_steps"]) in (1, 2, 4)
