@@ -183,6 +183,38 @@ def wrap_lora(model, lora: dict):
         raise ConfigError(f"model.lora.target_modules={targets!r} does not fit this model: {str(exc).splitlines()[0]}") from None
 
 
+def check_lora_targets(model_cfg: dict, search_space: dict) -> None:
+    """Every target_modules value a trial can get must name modules of this model (BERT's
+    "query,value" do not exist in a Llama). Checked on an empty meta-device copy built from
+    config.json alone, so a mismatch fails in a second, before Ray starts."""
+    if model_cfg["finetune"] != "lora":
+        return
+    spec = search_space.get("model", {}).get("lora", {}).get("target_modules", {})
+    values = {model_cfg["lora"]["target_modules"], *(spec.get("values", []) if spec.get("type") == "choice" else [])}
+    lists = sorted(v for v in values if isinstance(v, str) and v != "all-linear")
+    if not lists:
+        return
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+
+    try:
+        hf_config = AutoConfig.from_pretrained(resolve(model_cfg["name_or_path"]), revision=model_cfg["revision"],
+                                               trust_remote_code=model_cfg["trust_remote_code"])
+        with init_empty_weights():
+            empty = AutoModelForSequenceClassification.from_config(hf_config, trust_remote_code=model_cfg["trust_remote_code"])
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"model {model_cfg['name_or_path']!r} cannot be built as a sequence classifier: "
+                          f"{str(exc).splitlines()[0]}") from None
+    names = [name for name, _ in empty.named_modules()]
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in empty.named_modules() if isinstance(m, torch.nn.Linear)})
+    for value in lists:
+        # PEFT matches a target against the end of a module's dotted name.
+        missing = [t for t in (t.strip() for t in value.split(",")) if t and not any(n == t or n.endswith("." + t) for n in names)]
+        if missing:
+            raise ConfigError(f"model.lora.target_modules={value!r}: {hf_config.model_type} has no module named "
+                              f"{', '.join(missing)}; its linear layers are {', '.join(linear)} (or use all-linear)")
+
+
 def count_parameters(model) -> dict[str, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

@@ -15,7 +15,7 @@ from medsweep import data
 from medsweep.config import ConfigError, validate
 from medsweep.decoder import check_precision
 from medsweep.metrics import METRIC_NAMES
-from medsweep.model import check_available
+from medsweep.model import check_available, check_lora_targets
 from medsweep.search_space import apply_overrides, build_search_space, flatten
 
 REPORTED_METRICS = tuple(f"val_{name}" for name in METRIC_NAMES)
@@ -64,6 +64,7 @@ def preflight(config: dict) -> tuple[dict, data.DataSplits]:
     else:
         check_reachable(cluster["address"])
     check_available(config["model"]["name_or_path"], config["model"]["revision"])
+    check_lora_targets(config["model"], sweep["search_space"])
     splits = data.load_splits(config["data"])
     return space, splits
 

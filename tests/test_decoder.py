@@ -15,7 +15,7 @@ from transformers import AutoTokenizer, BitsAndBytesConfig
 from medsweep import data, sweep
 from medsweep.config import ConfigError
 from medsweep.decoder import BASE_MODEL_FILE
-from medsweep.model import (ADAPTER_DIR, build_model, load_base, load_checkpoint, load_tokenizer,
+from medsweep.model import (ADAPTER_DIR, build_model, check_lora_targets, load_base, load_checkpoint, load_tokenizer,
                             read_checkpoint_info, resolve, write_base_reference)
 from medsweep.predict import load_promoted, predict_proba
 from medsweep.trial import run_trial
@@ -84,6 +84,12 @@ def test_lora_targets_the_attention_and_trains_the_head_in_full(llama_config):
     model_cfg["lora"]["target_modules"] = "query,value"  # BERT's names do not exist in a Llama
     with pytest.raises(ConfigError, match="target_modules"):
         build_model(model_cfg, ["a", "b", "c"])
+    # A sweep that would hand trials such names is refused before Ray starts; the decoder sweep is not.
+    bert_sweep = compose_config(["+sweep=lr_lora", *TINY_LLAMA])
+    with pytest.raises(ConfigError, match="llama has no module named query, value; its linear layers are .*q_proj"):
+        check_lora_targets(bert_sweep["model"], bert_sweep["sweep"]["search_space"])
+    decoder_sweep = compose_config(["+sweep=lr_lora_decoder", *TINY_LLAMA])
+    check_lora_targets(decoder_sweep["model"], decoder_sweep["sweep"]["search_space"])
 
 
 def test_the_head_is_saved_and_merged_weights_predict_like_the_adapter(trained):
