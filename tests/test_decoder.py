@@ -176,6 +176,13 @@ def test_4bit_preflight_names_each_missing_piece(llama_config, monkeypatch):
     config["model"]["finetune"] = "full"
     with pytest.raises(ConfigError, match="model.finetune=lora"):
         sweep.preflight(config)
+    config["model"].update(finetune="lora", quantization="none", dtype="float64")
+    with pytest.raises(ConfigError, match="model.dtype must be one of"):
+        sweep.preflight(config)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config["model"]["dtype"] = "float16"  # CPUs have no float16 training
+    with pytest.raises(ConfigError, match="model.dtype=float16 needs a CUDA GPU"):
+        sweep.preflight(config)
 
 
 def test_lora_decoder_sweep_trains_promotes_and_predicts(tmp_path):
