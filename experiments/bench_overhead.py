@@ -45,7 +45,7 @@ def bare_trainer(config: dict) -> float:
     tokenizer = load_tokenizer(config["model"])
     model = build_model(config["model"], splits.label_names)
     with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(model=model, args=training_arguments(config["trainer"], out, "fp32", save=False),
+        trainer = Trainer(model=model, args=training_arguments(config["trainer"], out, torch.float32, save=False),
                           train_dataset=tokenize(splits.train, tokenizer, config["trainer"]["max_length"]),
                           eval_dataset=tokenize(splits.validation, tokenizer, config["trainer"]["max_length"]),
                           data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,

@@ -86,7 +86,7 @@ def hf_time_to_target(config: dict, target: float, trials: int) -> tuple[float, 
 
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(model_init=lambda trial=None: build_model(config["model"], splits.label_names),
-                          args=training_arguments(config["trainer"], out, "fp32", save=False),
+                          args=training_arguments(config["trainer"], out, torch.float32, save=False),
                           train_dataset=train, eval_dataset=val, data_collator=DataCollatorWithPadding(tokenizer),
                           processing_class=tokenizer, compute_metrics=metrics_with_clock)
         import optuna

@@ -32,6 +32,11 @@ class ModelConfig:
     revision: Optional[str] = None
     # Remote code runs arbitrary Python from the Hub on machines that hold patient data: opt-in only.
     trust_remote_code: bool = False
+    # Precision the model computes in (and frozen weights are stored in); trainable weights stay
+    # float32. auto: bfloat16 on a CUDA GPU that supports it, else float32.
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    # 4bit: QLoRA, a LoRA adapter on a frozen bitsandbytes NF4 base (CUDA only).
+    quantization: str = "none"  # none | 4bit
 
 
 @dataclass
@@ -81,8 +86,6 @@ class TrainerConfig:
     group_by_length: bool = True
     # Stop after this many optimizer steps (null: train for `epochs`).
     max_steps: Optional[int] = None
-    # auto: bf16 on a GPU that supports it, else fp32. Also fp32 | bf16 | fp16.
-    precision: str = "auto"
     # Class imbalance: "balanced" weights the training loss by inverse class frequency; oversample
     # repeats minority-class rows of the training split (never validation or test).
     class_weighting: str = "none"  # none | balanced
@@ -161,6 +164,8 @@ METRIC_MODES = ("max", "min")
 FINETUNE_METHODS = ("full", "lora")
 DATA_FORMATS = ("csv", "jsonl", "parquet", "hf")
 CLASS_WEIGHTINGS = ("none", "balanced")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZATIONS = ("none", "4bit")
 
 
 def validate(config: dict) -> None:
@@ -168,6 +173,10 @@ def validate(config: dict) -> None:
     m, d, t, s, c = (config[k] for k in ("model", "data", "trainer", "sweep", "cluster"))
     checks = [
         (m["finetune"] in FINETUNE_METHODS, f"model.finetune must be one of {FINETUNE_METHODS}, got {m['finetune']!r}"),
+        (m["dtype"] in DTYPES, f"model.dtype must be one of {DTYPES}, got {m['dtype']!r}"),
+        (m["quantization"] in QUANTIZATIONS, f"model.quantization must be one of {QUANTIZATIONS}, got {m['quantization']!r}"),
+        (m["quantization"] == "none" or m["finetune"] == "lora",
+         "model.quantization=4bit trains a LoRA adapter on a frozen 4-bit base: set model.finetune=lora"),
         (m["lora"]["r"] >= 1, f"model.lora.r must be >= 1, got {m['lora']['r']}"),
         (0.0 <= m["lora"]["dropout"] < 1.0, f"model.lora.dropout must be in [0, 1), got {m['lora']['dropout']}"),
         (t["learning_rate"] > 0, f"trainer.learning_rate must be > 0, got {t['learning_rate']}"),
@@ -179,7 +188,6 @@ def validate(config: dict) -> None:
         (t["gradient_accumulation_steps"] >= 1, "trainer.gradient_accumulation_steps must be >= 1"),
         (t["eval_every_steps"] >= 0, "trainer.eval_every_steps must be >= 0 (0 = every epoch)"),
         (t["max_steps"] is None or t["max_steps"] >= 1, "trainer.max_steps must be >= 1 or null"),
-        (t["precision"] in ("auto", "fp32", "bf16", "fp16"), f"trainer.precision must be auto, fp32, bf16 or fp16, got {t['precision']!r}"),
         (t["class_weighting"] in CLASS_WEIGHTINGS,
          f"trainer.class_weighting must be one of {CLASS_WEIGHTINGS}, got {t['class_weighting']!r}"),
         (d["format"] in DATA_FORMATS, f"data.format must be one of {DATA_FORMATS}, got {d['format']!r}"),

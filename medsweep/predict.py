@@ -7,6 +7,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from medsweep.model import load_promoted  # noqa: F401  (model, tokenizer) from a promoted folder, either layout
+
 
 @torch.inference_mode()
 def predict_proba(model, tokenizer, texts: Sequence[str], pairs: Optional[Sequence[str]] = None,

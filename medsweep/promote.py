@@ -4,6 +4,8 @@ The best checkpoint is the best *evaluation step* over all trials (Ray keeps eac
 checkpoint by `sweep.metric`), not the trial's last step. The promoted folder is a plain
 `save_pretrained` model (LoRA merged in; the adapter kept under adapter/) that
 `transformers.pipeline("text-classification", model=...)` loads, plus metrics.json and the config.
+A LoRA adapter on a 4-bit (QLoRA) base is not merged: the folder holds adapter/ and base_model.json,
+and `medsweep.model.load_promoted` loads either layout.
 
 Promotion is atomic: the new version is written in full under promoted-versions/vNNN, then the
 `promoted` symlink is swapped in one rename. A crash at any point leaves the previous promoted model
@@ -29,8 +31,10 @@ from medsweep.model import (
     ADAPTER_WEIGHTS,
     TRIAL_FILE,
     is_adapter_checkpoint,
+    is_quantized,
     load_checkpoint,
     read_checkpoint_info,
+    write_base_reference,
 )
 from medsweep.predict import predict_proba
 from medsweep.trial import quiet_libraries
@@ -69,8 +73,12 @@ def promote_checkpoint(checkpoint_dir: str | Path, run_dir: str | Path, provenan
     shutil.rmtree(staging, ignore_errors=True)
     model = load_checkpoint(checkpoint_dir, merge=True)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
-    model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
+    if is_quantized(config["model"]):
+        # A 4-bit base stays unmerged: the promoted model is adapter/ plus the base it goes on.
+        write_base_reference(staging, config["model"], info["label_names"])
+    else:
+        model.save_pretrained(staging)
     if is_adapter_checkpoint(checkpoint_dir):
         (staging / ADAPTER_DIR).mkdir()
         for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):

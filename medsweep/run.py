@@ -33,6 +33,19 @@ SHOW_TRACEBACK = os.environ.get("HYDRA_FULL_ERROR") == "1"
 ConfigStore.instance().store(name="medsweep_schema", node=MedsweepConfig)
 
 
+def compose(overrides=(), run_dir: str | Path = ".") -> dict:
+    """The plain config dict `python -m medsweep.run OVERRIDES` would build (minus Hydra's own
+    node), for tests, notebooks and experiment scripts that call the stages directly."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = hydra_compose("config", overrides=list(overrides))
+    config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    config["run_dir"] = str(run_dir)
+    return config
+
+
 def execute(config: dict, on_checked: Optional[Callable[[], None]] = None) -> dict:
     """Check, sweep, promote. Returns the promoted model's metrics (empty if promotion is off).
 

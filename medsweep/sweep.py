@@ -13,8 +13,9 @@ from pathlib import Path
 
 from medsweep import data
 from medsweep.config import ConfigError, validate
+from medsweep.decoder import check_precision
 from medsweep.metrics import METRIC_NAMES
-from medsweep.model import check_available
+from medsweep.model import check_available, check_lora_targets
 from medsweep.search_space import apply_overrides, build_search_space, check_points, flatten
 
 EXPERIMENT_NAME = "sweep"
@@ -62,6 +63,7 @@ def tune_trial(sampled: dict, base_config: dict) -> None:
 def preflight(config: dict) -> tuple[dict, data.DataSplits]:
     """Everything that can be checked before Ray starts. Raises ConfigError with one sentence."""
     validate(config)
+    check_precision(config["model"], config["cluster"])
     sweep = config["sweep"]
     if sweep["metric"] not in REPORTED_METRICS:
         raise ConfigError(f"sweep.metric {sweep['metric']!r} is not reported by trials; choose one of {list(REPORTED_METRICS)}")
@@ -77,6 +79,7 @@ def preflight(config: dict) -> tuple[dict, data.DataSplits]:
     else:
         check_reachable(cluster["address"])
     check_available(config["model"]["name_or_path"], config["model"]["revision"])
+    check_lora_targets(config["model"], sweep["search_space"])
     splits = data.load_splits(config["data"])
     return space, splits
 

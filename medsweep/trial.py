@@ -19,9 +19,8 @@ from datasets import Dataset
 from transformers import DataCollatorWithPadding, PrinterCallback, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from medsweep import data, imbalance, metrics
+from medsweep import data, decoder, imbalance, metrics
 from medsweep.metrics import METRIC_NAMES
-from medsweep.config import ConfigError
 from medsweep.model import TRIAL_FILE, build_model, count_parameters, load_tokenizer, read_checkpoint_info
 
 # Called with (metrics of one evaluation, folder holding that step's checkpoint). The folder may be
@@ -60,9 +59,9 @@ class EvaluationReporter(TrainerCallback):
     trial.json to it and hands both to the hook."""
 
     def __init__(self, config: dict, label_names: list[str], fingerprints: dict, hook: Optional[EvaluationHook],
-                 precision: str, first_evaluation: int = 1):
+                 dtype: str, first_evaluation: int = 1):
         self.config, self.label_names, self.fingerprints, self.hook = config, label_names, fingerprints, hook
-        self.precision = precision
+        self.dtype = dtype
         self.next_evaluation = first_evaluation
         self.history: list[dict] = []
         self.pending: Optional[dict] = None
@@ -74,10 +73,11 @@ class EvaluationReporter(TrainerCallback):
                   if k.startswith("eval_") and k[len("eval_"):] in METRIC_NAMES}
         report.update(step=int(state.global_step), epoch=float(state.epoch or 0.0),
                       evaluation=self.next_evaluation, train_seconds=round(time.time() - self.started, 2),
-                      precision=self.precision, batch_size=int(args.per_device_train_batch_size),
+                      batch_size=int(args.per_device_train_batch_size),
                       gradient_accumulation_steps=int(args.gradient_accumulation_steps),
                       # Lets the leaderboard tell a finished trial from one that ASHA stopped.
-                      final=bool(state.max_steps and state.global_step >= state.max_steps))
+                      final=bool(state.max_steps and state.global_step >= state.max_steps),
+                      dtype=self.dtype)  # what model.dtype=auto resolved to on the trial's machine
         self.eval_seconds += float((metrics or {}).get("eval_runtime", 0.0))
         if math.isnan(report.get("val_loss", 0.0)):
             raise FloatingPointError(f"validation loss is NaN at step {state.global_step}")
@@ -96,17 +96,7 @@ class EvaluationReporter(TrainerCallback):
         self.hook(report, directory)
 
 
-def choose_precision(setting: str, cuda: bool, bf16_supported: bool) -> str:
-    """auto: bf16 where the GPU does it natively (no loss scaling needed), else fp32. fp16 only
-    when asked: it needs loss scaling and overflows more easily on long clinical notes."""
-    if setting == "auto":
-        return "bf16" if cuda and bf16_supported else "fp32"
-    if setting in ("bf16", "fp16") and not cuda:
-        raise ConfigError(f"trainer.precision={setting} needs a CUDA GPU; use auto or fp32 on CPU")
-    return setting
-
-
-def training_arguments(trainer_cfg: dict, output_dir: str, precision: str, save: bool) -> TrainingArguments:
+def training_arguments(trainer_cfg: dict, output_dir: str, dtype: torch.dtype, save: bool) -> TrainingArguments:
     eval_every = trainer_cfg["eval_every_steps"]
     cuda = torch.cuda.is_available()
     strategy = "steps" if eval_every else "epoch"
@@ -132,8 +122,9 @@ def training_arguments(trainer_cfg: dict, output_dir: str, precision: str, save:
         report_to="none",
         seed=trainer_cfg["seed"],
         train_sampling_strategy="group_by_length" if trainer_cfg["group_by_length"] else "random",
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
+        # Autocast to model.dtype; the weights being trained are float32 (see model.build_model).
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
         # TF32 matmuls on Ampere+ are ~free accuracy-wise for fine-tuning and several times faster.
         tf32=True if cuda and torch.cuda.get_device_capability()[0] >= 8 else None,
         use_cpu=not cuda,
@@ -169,10 +160,10 @@ def run_trial(config: dict, on_evaluation: Optional[EvaluationHook] = None,
     torch.set_num_threads(max(1, int(config["cluster"]["cpus_per_trial"])))
     set_seed(trainer_cfg["seed"])
     cuda = torch.cuda.is_available()
-    precision = choose_precision(trainer_cfg["precision"], cuda, cuda and torch.cuda.is_bf16_supported())
 
     splits = data.load_splits(config["data"])
     tokenizer = load_tokenizer(config["model"])
+    dtype = decoder.resolve_dtype(config["model"]["dtype"])
     # Oversampled if asked; class weights are then computed on the rows actually trained on.
     train_rows = imbalance.training_split(splits.train, trainer_cfg)
     train_set = tokenize(train_rows, tokenizer, trainer_cfg["max_length"])
@@ -181,7 +172,7 @@ def run_trial(config: dict, on_evaluation: Optional[EvaluationHook] = None,
     if resume_from is not None:
         first_evaluation = read_checkpoint_info(resume_from)["metrics"]["evaluation"] + 1
     reporter = EvaluationReporter(config, splits.label_names, splits.fingerprints, on_evaluation,
-                                  precision, first_evaluation)
+                                  decoder.dtype_name(dtype), first_evaluation)
 
     with tempfile.TemporaryDirectory(prefix="medsweep-trainer-") as output_dir:
         while True:
@@ -189,7 +180,7 @@ def run_trial(config: dict, on_evaluation: Optional[EvaluationHook] = None,
             net = build_model(config["model"], splits.label_names)
             trainer = imbalance.WeightedLossTrainer(
                 model=net,
-                args=training_arguments(trainer_cfg, output_dir, precision, save=on_evaluation is not None),
+                args=training_arguments(trainer_cfg, output_dir, dtype, save=on_evaluation is not None),
                 train_dataset=train_set,
                 eval_dataset=val_set,
                 data_collator=DataCollatorWithPadding(tokenizer),
@@ -230,10 +221,10 @@ def run_trial(config: dict, on_evaluation: Optional[EvaluationHook] = None,
         "train_loss": float(train_output.training_loss),
         "train_runtime": float(train_output.metrics["train_runtime"]),
         "eval_seconds": reporter.eval_seconds,
+        "dtype": decoder.dtype_name(dtype),
         "parameters": count_parameters(net),
         "label_names": splits.label_names,
         "data_fingerprints": splits.fingerprints,
-        "precision": precision,
         "batch_size": trainer_cfg["batch_size"],
         "gradient_accumulation_steps": trainer_cfg["gradient_accumulation_steps"],
     }

@@ -34,16 +34,9 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 def compose_config(overrides=(), run_dir: Path | str = ".") -> dict:
     """The config dict the CLI would build for these overrides (minus Hydra's own node)."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+    from medsweep.run import compose
 
-    import medsweep.run  # noqa: F401  registers the structured schema
-
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
-    config = OmegaConf.to_container(cfg, resolve=True)
-    config["run_dir"] = str(run_dir)
-    return config
+    return compose(overrides, run_dir)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import ray
 import torch
 
 from medsweep import sweep
-from medsweep.trial import choose_precision, run_trial
+from medsweep.trial import run_trial, training_arguments
 from tests.conftest import ROOT, TINY, compose_config
 
 
@@ -106,15 +106,18 @@ def test_out_of_memory_halves_the_batch_and_doubles_accumulation(tiny_config, mo
     assert result["history"][-1]["step"] == 12 and result["history"][-1]["batch_size"] == 4
 
 
-def test_precision_is_chosen_by_device_and_recorded(tiny_config):
-    assert choose_precision("auto", cuda=True, bf16_supported=True) == "bf16"
-    assert choose_precision("auto", cuda=True, bf16_supported=False) == "fp32"
-    assert choose_precision("auto", cuda=False, bf16_supported=False) == "fp32"
-    assert choose_precision("fp16", cuda=True, bf16_supported=False) == "fp16"
-    with pytest.raises(sweep.ConfigError, match="needs a CUDA GPU"):
-        choose_precision("bf16", cuda=False, bf16_supported=False)
+def test_dtype_is_chosen_by_device_and_recorded(tiny_config):
+    from medsweep.decoder import resolve_dtype
+
+    # The GPU branches, checked on a CPU: bf16 only where the GPU supports it natively.
+    assert resolve_dtype("auto", cuda=True, bf16_supported=True) == torch.bfloat16
+    assert resolve_dtype("auto", cuda=True, bf16_supported=False) == torch.float32
+    assert resolve_dtype("auto", cuda=False, bf16_supported=False) == torch.float32
+    assert resolve_dtype("float16", cuda=True, bf16_supported=False) == torch.float16
+    args = training_arguments(tiny_config["trainer"], "/tmp/unused", torch.bfloat16, save=True)
+    assert args.bf16 and not args.fp16 and args.save_strategy == "epoch"
     tiny_config["trainer"]["epochs"] = 1
-    assert run_trial(tiny_config)["history"][0]["precision"] == "fp32"
+    assert run_trial(tiny_config)["history"][0]["dtype"] == "float32"
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
