@@ -19,7 +19,7 @@ from datasets import Dataset
 from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from medsweep import data, metrics
-from medsweep.metrics import METRIC_NAMES
+from medsweep.metrics import is_metric_name
 from medsweep.model import build_model, count_parameters, load_tokenizer, save_checkpoint
 
 # Called with (metrics of one evaluation, folder holding that step's checkpoint). The folder is
@@ -59,8 +59,9 @@ class EvaluationReporter(TrainerCallback):
         self.started = time.time()
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        # eval_runtime and friends are timings, not metrics.
         report = {f"val_{k[len('eval_'):]}": float(v) for k, v in (metrics or {}).items()
-                  if k.startswith("eval_") and k[len("eval_"):] in METRIC_NAMES}
+                  if k.startswith("eval_") and is_metric_name(k[len("eval_"):])}
         report.update(step=int(state.global_step), epoch=float(state.epoch or 0.0),
                       evaluation=len(self.history) + 1, train_seconds=round(time.time() - self.started, 2),
                       # Lets the leaderboard tell a finished trial from one that ASHA stopped.
