@@ -44,8 +44,7 @@ def execute(config: dict) -> dict:
 
     results = sweep.run_sweep(config, space, num_train=len(splits.train))
     if not config["promote"]["enabled"]:
-        # Ranking still writes the Pareto front of a multi-objective sweep; no seed re-runs.
-        selection.choose(results, dict(config, promote=dict(config["promote"], top_k=1, seeds=[])))
+        selection.rank_sweep(results, config)  # still writes a multi-objective sweep's Pareto front
         return {}
     chosen = selection.choose(results, config)
     provenance = chosen.provenance(config)

@@ -261,17 +261,22 @@ def rerun_with_seeds(config: dict, candidates: list[Candidate], seeds: list[int]
     return tuner.fit()
 
 
+def rank_sweep(results, config: dict) -> list[Candidate]:
+    """The sweep's trials best first (rule 2); with several objectives, also writes the Pareto front."""
+    targets = objectives(config["sweep"])
+    candidates = sweep_candidates(results, config)
+    if len(targets) > 1:
+        write_pareto(Path(config["run_dir"]), candidates, targets)
+    return rank(candidates, targets, use_mean=False)
+
+
 def choose(results, config: dict, trainable_fn=tune_trial) -> Selection:
     """Rank the sweep, write the Pareto front (several objectives), re-run the top-k with the extra
     seeds, and pick the configuration and run to promote."""
     targets = objectives(config["sweep"])
     promote = config["promote"]
     run_dir = Path(config["run_dir"])
-    candidates = sweep_candidates(results, config)
-    ranked = rank(candidates, targets, use_mean=False)
-    if len(targets) > 1:
-        write_pareto(run_dir, candidates, targets)
-
+    ranked = rank_sweep(results, config)
     top = ranked[:promote["top_k"]]
     if promote["seeds"]:
         reruns = rerun_with_seeds(config, top, promote["seeds"], trainable_fn)
