@@ -102,6 +102,10 @@ def load_promoted(model_dir: str | Path, **overrides) -> PromotedModel:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"could not load the model in {model_dir}: {str(exc).splitlines()[0]}") from None
+    import torch
+
+    if torch.cuda.is_available():
+        model.to("cuda")
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     return PromotedModel(model, tokenizer, labels, **settings)
 

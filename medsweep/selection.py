@@ -1,6 +1,6 @@
 """Which model gets promoted: ranking, the Pareto front, seed re-runs of the top configurations.
 
-The rules, in order (README "Promotion" repeats them for users):
+The rules, in order (README "Evaluation and promotion" repeats them for users):
 
 1. A trial of the sweep is represented by the checkpoint Ray kept for it: its best evaluation step
    by the primary objective (sweep.metric, or sweep.metrics[0]). Its objective values are those of

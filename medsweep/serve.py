@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from typing import Optional, Sequence
 
@@ -104,6 +105,7 @@ def create_app(promoted, token: Optional[str], max_request_bytes: int = 1_000_00
         text_pairs: Optional[list[str]] = None
 
     bearer = HTTPBearer(auto_error=False)
+    model_lock = threading.Lock()
 
     def authorize(credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> None:
         if token is None:
@@ -138,7 +140,10 @@ def create_app(promoted, token: Optional[str], max_request_bytes: int = 1_000_00
             raise HTTPException(status_code=422, detail="empty text in the request")
         started = time.perf_counter()
         try:
-            probs = promoted.predict(texts, pairs)
+            # FastAPI runs sync endpoints in a thread pool; a fast tokenizer must not be used by two
+            # threads at once ("Already borrowed"), and one model call already uses every core.
+            with model_lock:
+                probs = promoted.predict(texts, pairs)
         except Exception as exc:  # noqa: BLE001 - reported without its message, which may quote the input
             log.error("prediction failed: %s", type(exc).__name__)
             raise HTTPException(status_code=500, detail="prediction failed") from None
