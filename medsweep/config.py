@@ -122,6 +122,11 @@ class SweepConfig:
     max_concurrent: int = 1
     metric: str = "val_f1_macro"
     mode: str = "max"
+    # Multi-objective (optional): e.g. metrics [val_f1_macro, val_ece], modes [max, min]. When set,
+    # metrics[0]/modes[0] replace metric/mode as the primary objective (ASHA, checkpoints, leaderboard)
+    # and Optuna optimises all of them; see medsweep/selection.py for how one model is promoted.
+    metrics: List[str] = field(default_factory=list)
+    modes: List[str] = field(default_factory=list)
     seed: int = 0
     searcher: str = "optuna"  # optuna | random
     scheduler: str = "asha"  # asha | none
@@ -141,6 +146,15 @@ class SweepConfig:
 @dataclass
 class PromoteConfig:
     enabled: bool = True
+    # Seed-robust promotion: the top_k configurations of the sweep are re-trained with each of these
+    # extra trainer.seed values, and the configuration with the best mean is promoted.
+    # top_k=1 and seeds=[] switch it off (the seed of the sweep's own run is still recorded); a
+    # single run (sweep.num_trials=1) is never re-run.
+    top_k: int = 3
+    seeds: List[int] = field(default_factory=lambda: [1, 2])
+    # Test-set confidence intervals: percentile bootstrap, seeded.
+    bootstrap_resamples: int = 1000
+    bootstrap_seed: int = 0
 
 
 @dataclass
@@ -170,7 +184,7 @@ QUANTIZATIONS = ("none", "4bit")
 
 def validate(config: dict) -> None:
     """Check what the schema's types cannot: ranges and choices. Raises ConfigError."""
-    m, d, t, s, c = (config[k] for k in ("model", "data", "trainer", "sweep", "cluster"))
+    m, d, t, s, c, p = (config[k] for k in ("model", "data", "trainer", "sweep", "cluster", "promote"))
     checks = [
         (m["finetune"] in FINETUNE_METHODS, f"model.finetune must be one of {FINETUNE_METHODS}, got {m['finetune']!r}"),
         (m["dtype"] in DTYPES, f"model.dtype must be one of {DTYPES}, got {m['dtype']!r}"),
@@ -204,6 +218,13 @@ def validate(config: dict) -> None:
         (s["grace_period"] >= 1, "sweep.grace_period must be >= 1"),
         (s["reduction_factor"] >= 2, "sweep.reduction_factor must be >= 2"),
         (s["max_failures"] >= -1, "sweep.max_failures must be >= 0 (or -1: retry forever)"),
+        (len(s["metrics"]) == len(s["modes"]), f"sweep.metrics and sweep.modes must have the same length, got {len(s['metrics'])} and {len(s['modes'])}"),
+        (all(mode in METRIC_MODES for mode in s["modes"]), f"sweep.modes must each be one of {METRIC_MODES}, got {s['modes']}"),
+        (len(set(s["metrics"])) == len(s["metrics"]), f"sweep.metrics must not repeat a metric, got {s['metrics']}"),
+        (p["top_k"] >= 1, f"promote.top_k must be >= 1, got {p['top_k']}"),
+        (len(set(p["seeds"])) == len(p["seeds"]), f"promote.seeds must not repeat a seed, got {p['seeds']}"),
+        (t["seed"] not in p["seeds"], f"promote.seeds are extra seeds: they must not contain trainer.seed ({t['seed']}), which the sweep already ran"),
+        (p["bootstrap_resamples"] >= 100, f"promote.bootstrap_resamples must be >= 100, got {p['bootstrap_resamples']}"),
         (c["cpus_per_trial"] > 0, f"cluster.cpus_per_trial must be > 0, got {c['cpus_per_trial']}"),
         (c["gpus_per_trial"] >= 0, f"cluster.gpus_per_trial must be >= 0, got {c['gpus_per_trial']}"),
     ]

@@ -51,7 +51,7 @@ def execute(config: dict, on_checked: Optional[Callable[[], None]] = None) -> di
 
     `on_checked` runs once every check has passed, before anything is written to the run dir.
     """
-    from medsweep import data, sweep
+    from medsweep import data, selection, sweep
     from medsweep.imbalance import max_training_rows
     from medsweep.promote import promote_checkpoint
 
@@ -64,20 +64,23 @@ def execute(config: dict, on_checked: Optional[Callable[[], None]] = None) -> di
     sweep.write_json(run_dir / "data_summary.json", splits.summary)
 
     results = sweep.run_sweep(config, space, num_train=max_training_rows(splits.train, config))
-    best, checkpoint = sweep.best_checkpoint(results, config)
     if not config["promote"]["enabled"]:
+        selection.rank_sweep(results, config)  # still writes a multi-objective sweep's Pareto front
         return {}
-    with checkpoint.as_directory() as checkpoint_dir:
-        provenance = {"trial_id": best.metrics.get("trial_id"), "trial_path": best.path, "checkpoint": checkpoint.path,
-                      "num_trials": len(results), "sweep": config["sweep"]["name"]}
+    chosen = selection.choose(results, config)
+    provenance = chosen.provenance(config)
+    with chosen.run.checkpoint.as_directory() as checkpoint_dir:
         promoted = promote_checkpoint(checkpoint_dir, run_dir, provenance)
     report = json.loads((promoted / "metrics.json").read_text())
     metric = config["sweep"]["metric"]
-    test = report["test"]
-    print(f"[medsweep] {len(results)} trial(s) in {time.time() - started:.0f}s; best {metric}="
-          f"{report['validation'][metric]:.4f} (trial {provenance['trial_id']}, step {report['validation']['step']})", flush=True)
-    print(f"[medsweep] promoted model: {promoted}  test macro-F1={test['test_f1_macro']:.4f} "
-          f"AUROC={test['test_auroc']:.4f} accuracy={test['test_accuracy']:.4f}", flush=True)
+    test, ci = report["test"], report["test_ci"]["intervals"]
+    seeds = report["seed_robustness"]
+    print(f"[medsweep] {len(results)} trial(s) in {time.time() - started:.0f}s; promoted {metric}="
+          f"{report['validation'][metric]:.4f} (trial {provenance['trial_id']}, seed {provenance['selection']['promoted_seed']}, "
+          f"step {report['validation']['step']}); over seeds {seeds['seeds']}: {seeds['mean']:.4f} ± {seeds['std']:.4f}", flush=True)
+    print(f"[medsweep] promoted model: {promoted} ({report['version']})  test macro-F1={test['test_f1_macro']:.4f} "
+          f"[{ci['test_f1_macro'][0]:.3f}, {ci['test_f1_macro'][1]:.3f}] AUROC={test['test_auroc']:.4f} "
+          f"accuracy={test['test_accuracy']:.4f} ECE={test['test_ece']:.4f}", flush=True)
     return report
 
 

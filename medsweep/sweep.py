@@ -14,12 +14,14 @@ from pathlib import Path
 from medsweep import data
 from medsweep.config import ConfigError, validate
 from medsweep.decoder import check_precision
-from medsweep.metrics import METRIC_NAMES
+from medsweep.metrics import BINARY_METRIC_NAMES, METRIC_NAMES, PER_CLASS_F1, metric_names
 from medsweep.model import check_available, check_lora_targets
 from medsweep.search_space import apply_overrides, build_search_space, check_points, flatten
 
 EXPERIMENT_NAME = "sweep"
-REPORTED_METRICS = tuple(f"val_{name}" for name in METRIC_NAMES)
+# Names a trial can report; which of them a task reports depends on its classes (metric_names):
+# binary tasks add sensitivity/specificity, and per-class F1 is val_f1_class_<index>.
+REPORTED_METRICS = tuple(f"val_{name}" for name in METRIC_NAMES + BINARY_METRIC_NAMES)
 # Environment every trial process gets: quiet, deterministic tokenizers, no HF telemetry.
 TRIAL_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
@@ -60,13 +62,34 @@ def tune_trial(sampled: dict, base_config: dict) -> None:
         run_trial(config, on_evaluation=report, resume_from=directory)
 
 
+def objectives(sweep_cfg: dict) -> list[tuple[str, str]]:
+    """[(metric, mode), ...]: the primary objective first; more than one means multi-objective."""
+    if sweep_cfg["metrics"]:
+        return list(zip(sweep_cfg["metrics"], sweep_cfg["modes"]))
+    return [(sweep_cfg["metric"], sweep_cfg["mode"])]
+
+
+def check_metric_names(config: dict, num_classes: int | None = None) -> None:
+    """Every objective must be a metric trials report (for this task, once its classes are known)."""
+    allowed = list(REPORTED_METRICS) + [f"val_{PER_CLASS_F1}<index>"]
+    for metric, _ in objectives(config["sweep"]):
+        known = metric in REPORTED_METRICS or metric.startswith(f"val_{PER_CLASS_F1}") and metric[len(f"val_{PER_CLASS_F1}"):].isdigit()
+        if not known:
+            raise ConfigError(f"sweep.metric {metric!r} is not reported by trials; choose one of {allowed}")
+        if num_classes is not None and metric[len("val_"):] not in metric_names(num_classes):
+            raise ConfigError(f"sweep.metric {metric!r} is not reported for a {num_classes}-class task; "
+                              f"it reports {['val_' + n for n in metric_names(num_classes)]}")
+
+
 def preflight(config: dict) -> tuple[dict, data.DataSplits]:
     """Everything that can be checked before Ray starts. Raises ConfigError with one sentence."""
     validate(config)
     check_precision(config["model"], config["cluster"])
     sweep = config["sweep"]
-    if sweep["metric"] not in REPORTED_METRICS:
-        raise ConfigError(f"sweep.metric {sweep['metric']!r} is not reported by trials; choose one of {list(REPORTED_METRICS)}")
+    if sweep["metrics"]:
+        # The primary objective drives everything single-metric (ASHA, checkpoints, leaderboard).
+        sweep["metric"], sweep["mode"] = sweep["metrics"][0], sweep["modes"][0]
+    check_metric_names(config)
     space = build_search_space(sweep["search_space"], config)
     check_points(sweep["points_to_evaluate"], sweep["search_space"])
     if sweep["num_trials"] > 1 and not space:
@@ -81,6 +104,7 @@ def preflight(config: dict) -> tuple[dict, data.DataSplits]:
     check_available(config["model"]["name_or_path"], config["model"]["revision"])
     check_lora_targets(config["model"], sweep["search_space"])
     splits = data.load_splits(config["data"])
+    check_metric_names(config, len(splits.label_names))
     return space, splits
 
 
@@ -124,7 +148,14 @@ def build_searcher(config: dict, space: dict):
         import optuna
 
         # TPE seeded: the same sweep proposes the same trials (up to Ray's scheduling order).
-        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=sweep["seed"]), points_to_evaluate=points or None)
+        sampler = optuna.samplers.TPESampler(seed=sweep["seed"])
+        targets = objectives(sweep)
+        if len(targets) > 1:
+            # Multi-objective: Ray's OptunaSearch takes the lists itself (not TuneConfig) and tells
+            # Optuna each trial's last reported values.
+            return OptunaSearch(metric=[m for m, _ in targets], mode=[m for _, m in targets], sampler=sampler,
+                                points_to_evaluate=points or None)
+        return OptunaSearch(sampler=sampler, points_to_evaluate=points or None)
     # The random searcher takes the points nested, as the param space is.
     nested = [unflatten_dict(point, delimiter="/") for point in points]
     return BasicVariantGenerator(random_state=sweep["seed"], points_to_evaluate=nested or None)
@@ -157,8 +188,11 @@ def build_scheduler(config: dict, num_train: int):
 
     sweep = config["sweep"]
     if sweep["scheduler"] == "asha" and sweep["num_trials"] > 1:
-        # Trials report once per evaluation, so ASHA's time unit is evaluations.
-        return ASHAScheduler(time_attr="training_iteration", max_t=max_evaluations(config, num_train),
+        # Trials report once per evaluation, so ASHA's time unit is evaluations. ASHA ranks trials
+        # by one number: with several objectives TuneConfig names no metric, and ASHA is given the
+        # primary one (Ray refuses a metric set in both places).
+        primary = {"metric": sweep["metric"], "mode": sweep["mode"]} if len(objectives(sweep)) > 1 else {}
+        return ASHAScheduler(time_attr="training_iteration", max_t=max_evaluations(config, num_train), **primary,
                              grace_period=sweep["grace_period"], reduction_factor=sweep["reduction_factor"])
     return FIFOScheduler()
 
@@ -183,7 +217,7 @@ def run_sweep(config: dict, space: dict, num_train: int, trainable_fn=tune_trial
     reporter = tune.CLIReporter(
         # Ray flattens nested params with "/"; show "lora.r" rather than "model/lora/r".
         parameter_columns={name.replace(".", "/"): name.split(".", 1)[-1] for name in param_names},
-        metric_columns={sweep["metric"]: sweep["metric"], "evaluation": "evals", "step": "step"},
+        metric_columns={**{m: m for m, _ in objectives(sweep)}, "evaluation": "evals", "step": "step"},
         max_report_frequency=30, sort_by_metric=True, max_progress_rows=20, max_error_rows=5,
     )
     experiment = f"{storage.rstrip('/')}/{EXPERIMENT_NAME}"
@@ -196,11 +230,14 @@ def run_sweep(config: dict, space: dict, num_train: int, trainable_fn=tune_trial
         tuner = tune.Tuner.restore(experiment, trainable=trainable, param_space=space,
                                    resume_unfinished=True, resume_errored=False, restart_errored=False)
         return tuner.fit()
+    # With several objectives the searcher holds the metric lists and Tune must not set one metric on it.
+    multi = len(objectives(sweep)) > 1
     tuner = tune.Tuner(
         trainable,
         param_space=space,
         tune_config=tune.TuneConfig(
-            metric=sweep["metric"], mode=sweep["mode"], num_samples=sweep["num_trials"],
+            metric=None if multi else sweep["metric"], mode=None if multi else sweep["mode"],
+            num_samples=sweep["num_trials"],
             max_concurrent_trials=sweep["max_concurrent"],
             search_alg=build_searcher(config, space), scheduler=build_scheduler(config, num_train),
         ),

@@ -20,7 +20,7 @@ from transformers import DataCollatorWithPadding, PrinterCallback, TrainerCallba
 from transformers.trainer_utils import get_last_checkpoint
 
 from medsweep import data, decoder, imbalance, metrics
-from medsweep.metrics import METRIC_NAMES
+from medsweep.metrics import is_metric_name
 from medsweep.model import TRIAL_FILE, build_model, count_parameters, load_tokenizer, read_checkpoint_info
 
 # Called with (metrics of one evaluation, folder holding that step's checkpoint). The folder may be
@@ -69,8 +69,9 @@ class EvaluationReporter(TrainerCallback):
         self.started = time.time()
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        # eval_runtime and friends are timings, not metrics.
         report = {f"val_{k[len('eval_'):]}": float(v) for k, v in (metrics or {}).items()
-                  if k.startswith("eval_") and k[len("eval_"):] in METRIC_NAMES}
+                  if k.startswith("eval_") and is_metric_name(k[len("eval_"):])}
         report.update(step=int(state.global_step), epoch=float(state.epoch or 0.0),
                       evaluation=self.next_evaluation, train_seconds=round(time.time() - self.started, 2),
                       batch_size=int(args.per_device_train_batch_size),

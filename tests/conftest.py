@@ -23,6 +23,9 @@ TINY = [
     "trainer.learning_rate=5e-3",
     "trainer.batch_size=16",
     "cluster.cpus_per_trial=1",
+    # Seed re-runs off unless a test is about them.
+    "promote.top_k=1",
+    "promote.seeds=[]",
 ]
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

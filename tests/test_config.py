@@ -68,6 +68,9 @@ def test_wrong_type_is_an_error():
     ("trainer.class_weighting=inverse", "trainer.class_weighting must be one of ('none', 'balanced')"),
     ("sweep.num_trials=0", "sweep.num_trials must be >= 1"),
     ("sweep.mode=maximum", "sweep.mode must be one of"),
+    ("sweep.metrics=[val_f1_macro,val_ece]", "sweep.metrics and sweep.modes must have the same length"),
+    ("promote.top_k=0", "promote.top_k must be >= 1"),
+    ("promote.seeds=[1,42]", "must not contain trainer.seed (42)"),
 ])
 def test_range_checks(override, message):
     with pytest.raises(ConfigError) as info:
@@ -78,6 +81,24 @@ def test_range_checks(override, message):
 def test_metric_that_no_trial_reports_is_rejected_before_ray():
     with pytest.raises(ConfigError, match="sweep.metric 'val_f2' is not reported"):
         preflight(compose_config(["sweep.metric=val_f2"]))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["sweep.metric=val_sensitivity"], "'val_sensitivity' is not reported for a 5-class task"),
+    (["sweep.metric=val_f1_class_5"], "'val_f1_class_5' is not reported for a 5-class task"),
+    (["sweep.metrics=[val_f1_macro,val_brier]", "sweep.modes=[max,min]"], "sweep.metric 'val_brier' is not reported"),
+])
+def test_metrics_the_task_does_not_report_are_rejected_before_ray(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        preflight(compose_config(overrides))
+
+
+def test_any_reported_metric_can_drive_the_sweep_and_metrics_lists_set_the_primary():
+    config = compose_config(["sweep.metric=val_f1_class_4", "sweep.mode=max"])
+    preflight(config)
+    config = compose_config(["sweep.metrics=[val_ece,val_f1_macro]", "sweep.modes=[min,max]"])
+    preflight(config)
+    assert (config["sweep"]["metric"], config["sweep"]["mode"]) == ("val_ece", "min")
 
 
 def test_unreachable_cluster_address_fails_within_seconds():

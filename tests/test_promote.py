@@ -48,37 +48,76 @@ def test_promotion_takes_the_peak_step_not_the_last(tmp_path, ray_local):
     assert promoted["validation"]["evaluation"] == 2
 
 
-def test_a_crash_during_promotion_leaves_the_previous_model_loadable(tiny_config, tmp_path, monkeypatch):
-    from transformers import pipeline
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory):
+    """Checkpoints of both evaluations of one real tiny trial, and a run dir that promoted the first."""
+    import shutil
 
     from medsweep.trial import run_trial
 
+    base = tmp_path_factory.mktemp("crash")
     checkpoints = []
 
     def keep(report, checkpoint_dir):
-        import shutil
-
-        target = tmp_path / f"ckpt{len(checkpoints)}"
+        target = base / f"ckpt{len(checkpoints)}"
         shutil.copytree(checkpoint_dir, target)
         checkpoints.append(target)
 
-    run_trial(tiny_config, on_evaluation=keep)
+    run_trial(compose_config(TINY, run_dir=base), on_evaluation=keep)
+    promoted_once = base / "promoted_once"
+    promote_checkpoint(checkpoints[0], promoted_once)
+    return checkpoints, promoted_once
+
+
+def version_dirs(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in (run_dir / "promoted-versions").iterdir() if p.is_dir())
+
+
+def history_versions(run_dir: Path) -> list[str]:
+    return [e["version"] for e in promote.read_history(run_dir)]
+
+
+# Every step of a promotion, from scoring the test split to recording it in the history.
+@pytest.mark.parametrize("step", ["evaluate_test_split", "write_model_card", "swap_link", "record_history"])
+def test_a_crash_during_promotion_leaves_the_previous_model_loadable(two_checkpoints, tmp_path, monkeypatch, step):
+    import shutil
+
+    from transformers import pipeline
+
+    checkpoints, promoted_once = two_checkpoints
     run_dir = tmp_path / "run"
-    first = promote_checkpoint(checkpoints[0], run_dir)
-    first_target = first.resolve()
+    shutil.copytree(promoted_once, run_dir, symlinks=True)
+    first_target = (run_dir / "promoted").resolve()
+    first_files = {p.name: p.read_bytes() for p in first_target.iterdir() if p.is_file()}
 
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(promote, "evaluate_test_split", crash)
+    monkeypatch.setattr(promote, step, crash)
     with pytest.raises(RuntimeError, match="disk full"):
         promote_checkpoint(checkpoints[1], run_dir)
-    assert (run_dir / "promoted").resolve() == first_target
+    if step == "record_history":
+        # The crash came after the swap: the new model is complete and promoted, the old one kept.
+        assert (run_dir / "promoted").resolve() != first_target
+        assert json.loads((run_dir / "promoted" / "metrics.json").read_text())["previous_version"] == "v001"
+    else:
+        assert (run_dir / "promoted").resolve() == first_target
+    assert pipeline("text-classification", model=str(first_target))("a tumour")[0]["label"]
     assert pipeline("text-classification", model=str(run_dir / "promoted"))("a tumour")[0]["label"]
+    assert history_versions(run_dir) == ["v001"]
 
     monkeypatch.undo()
-    second = promote_checkpoint(checkpoints[1], run_dir)
-    assert second.resolve() != first_target and first_target.exists()  # history is kept
-    assert json.loads((second / "metrics.json").read_text())["validation"]["evaluation"] == 2
-    # The crashed attempt's partial folder is cleared and its version number reused.
-    assert sorted(p.name for p in (run_dir / "promoted-versions").iterdir()) == ["v001", "v002"]
+    latest = promote_checkpoint(checkpoints[1], run_dir)
+    assert json.loads((latest / "metrics.json").read_text())["validation"]["evaluation"] == 2
+    # History is kept: v001 is untouched, and no version number is reused for different contents.
+    assert {p.name: p.read_bytes() for p in first_target.iterdir() if p.is_file()} == first_files
+    expected = {
+        "evaluate_test_split": (["v001", "v002"], ["v001", "v002"]),  # the partial folder was cleared
+        "write_model_card": (["v001", "v002"], ["v001", "v002"]),
+        "swap_link": (["v001", "v002", "v003"], ["v001", "v003"]),  # v002 was complete but never promoted
+        "record_history": (["v001", "v002", "v003"], ["v001", "v002", "v003"]),  # v002's line recovered
+    }[step]
+    assert (version_dirs(run_dir), history_versions(run_dir)) == expected
+    history = promote.read_history(run_dir)
+    assert history[-1]["previous_version"] == history[-2]["version"]
+    assert latest.resolve().name == history[-1]["version"]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from medsweep.metrics import metric_names
 from tests.conftest import TINY, compose_config, run_cli
 
 
@@ -54,8 +55,18 @@ def test_promoted_model_is_the_best_evaluation_over_all_trials(smoke_run):
     winner = [r for r in results if r["val_f1_macro"] == pytest.approx(best)]
     assert (metrics["trial_id"], metrics["validation"]["step"]) in {(r["trial_id"], r["step"]) for r in winner}
     # Test metrics exist only for the promoted model, and are real numbers.
-    assert set(metrics["test"]) == {"test_f1_macro", "test_auroc", "test_accuracy"}
+    scalars = {f"test_{n}" for n in metric_names(5) if n != "loss" and not n.startswith("f1_class_")}
+    assert set(metrics["test"]) == scalars | {"test_f1_per_class"}
+    assert set(metrics["test"]["test_f1_per_class"]) == set(metrics["label_names"])
     assert 0 <= metrics["test"]["test_accuracy"] <= 1
+    # 95% bootstrap CIs for every test metric, around the estimate.
+    intervals = metrics["test_ci"]["intervals"]
+    assert set(intervals) == set(metrics["test"]) and metrics["test_ci"]["resamples"] == 1000
+    low, high = intervals["test_f1_macro"]
+    assert low <= metrics["test"]["test_f1_macro"] <= high
+    matrix = metrics["confusion_matrix"]["matrix"]
+    assert sum(map(sum, matrix)) == metrics["data_summary"]["split_sizes"]["test"]
+    assert metrics["seed_robustness"]["seeds"] == [42] and metrics["config"]["sweep"]["name"] == "smoke"
     assert not any(k.startswith("test_") for r in results for k in r)
     assert set(metrics["data_fingerprints"]) == {"train", "validation", "test"}
 

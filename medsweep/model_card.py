@@ -1,0 +1,205 @@
+"""The model card of a promoted model: `promoted/README.md`, Hugging Face style.
+
+YAML front matter (base_model, tags, metrics, model-index) written with huggingface_hub's
+ModelCardData, so the Hub reads it as it reads any model card; the body is rendered from the
+promotion's metrics.json report and nothing else, so the card cannot disagree with it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import yaml
+
+# Built-in models that have a Hub id (the tiny random model is built locally and has none).
+HUB_IDS = {"builtin:minilm-l6": "sentence-transformers/all-MiniLM-L6-v2"}
+# Rows of the metrics table: (key without split prefix, what people call it).
+HEADLINE = [
+    ("f1_macro", "macro F1"), ("f1_weighted", "weighted F1"), ("accuracy", "accuracy"),
+    ("precision_macro", "macro precision"), ("recall_macro", "macro recall"), ("auroc", "AUROC"),
+    ("auprc", "AUPRC (average precision)"), ("ece", "expected calibration error (15 bins; lower is better)"),
+    ("sensitivity", "sensitivity (recall of the positive class)"), ("specificity", "specificity"),
+]
+# Hugging Face metric ids for the front matter.
+HF_METRIC_IDS = {"f1_macro": "f1", "accuracy": "accuracy", "auroc": "roc_auc", "precision_macro": "precision",
+                 "recall_macro": "recall", "auprc": "average_precision"}
+
+
+def _num(value, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _ci(interval) -> str:
+    if not interval or any(v is None or (isinstance(v, float) and math.isnan(v)) for v in interval):
+        return "n/a"
+    return f"[{interval[0]:.4f}, {interval[1]:.4f}]"
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def front_matter(report: dict) -> str:
+    from huggingface_hub import EvalResult, ModelCardData
+
+    config = report["config"]
+    base = report["base_model"]
+    test = report["test"]
+    dataset = config["data"]["name"]
+    eval_results = [
+        EvalResult(task_type="text-classification", dataset_type=dataset, dataset_name=dataset, dataset_split="test",
+                   metric_type=HF_METRIC_IDS[key], metric_name=name, metric_value=float(test[f"test_{key}"]))
+        for key, name in HEADLINE if key in HF_METRIC_IDS and isinstance(test.get(f"test_{key}"), float)
+        and not math.isnan(test[f"test_{key}"])
+    ]
+    card = ModelCardData(
+        base_model=HUB_IDS.get(base, base),
+        library_name="transformers",
+        pipeline_tag="text-classification",
+        tags=["medsweep", "text-classification", "medical", "clinical-decision-support",
+              "lora" if report["finetune"] == "lora" else "full-fine-tune"],
+        metrics=sorted({HF_METRIC_IDS[k] for k, _ in HEADLINE if k in HF_METRIC_IDS}),
+        model_name=f"medsweep-{dataset}-{report['version']}",
+        eval_results=eval_results or None,
+    )
+    return f"---\n{card.to_yaml()}\n---\n"
+
+
+def render(report: dict) -> str:
+    config = report["config"]
+    model, data_cfg, trainer, sweep = config["model"], config["data"], config["trainer"], config["sweep"]
+    labels = report["label_names"]
+    validation, test = report["validation"], report["test"]
+    intervals = report["test_ci"]["intervals"]
+    summary = report.get("data_summary") or {}
+    seeds = report.get("seed_robustness") or {}
+    metric = report["metric"]
+    lines = [front_matter(report), f"# medsweep model {report['version']}: {data_cfg['name']} text classifier", ""]
+    lines += [
+        f"A fine-tuned `{report['base_model']}` sequence classifier over {len(labels)} labels "
+        f"({', '.join(labels)}), promoted by medsweep on {report['promoted_at']} "
+        f"(version {report['version']}, replacing {report['previous_version'] or 'nothing'}).", "",
+        "## Intended use", "",
+        "**Decision support only.** The model suggests a label and class probabilities for a text so that a qualified "
+        "person can review, prioritise or double-check it. It must not make or replace a diagnosis, triage or treatment "
+        "decision, must not act without a human in the loop, and must not be used on populations, text types or "
+        "labels other than those described below without a new evaluation.", "",
+        "## Model", "",
+        f"- Base model: `{report['base_model']}`" + (f" (Hub: `{HUB_IDS[report['base_model']]}`)" if report['base_model'] in HUB_IDS else ""),
+        f"- Fine-tuning: {'LoRA (r=%s, alpha=%s, dropout=%.3g, modules %s), merged into the weights' % (model['lora']['r'], model['lora']['alpha'], model['lora']['dropout'], model['lora']['target_modules']) if model['finetune'] == 'lora' else 'full fine-tune'}",
+        f"- Training: learning rate {trainer['learning_rate']:.3g}, {trainer['epochs']} epoch(s), batch size {trainer['batch_size']}, "
+        f"warm-up ratio {trainer['warmup_ratio']:.3g}, weight decay {trainer['weight_decay']:.3g}, seed {trainer['seed']}",
+        f"- Inputs are truncated to {trainer['max_length']} tokens" + (f"; text pairs (`{data_cfg['text_column']}`, `{data_cfg['text_pair_column']}`)" if data_cfg.get("text_pair_column") else f"; text column `{data_cfg['text_column']}`"),
+        f"- Promoted checkpoint: trial `{report.get('trial_id')}`, evaluation {validation.get('evaluation')} (step {validation.get('step')})", "",
+        "## Data", "",
+        f"- Source: `{data_cfg['path']}` ({data_cfg['format']}), label column `{data_cfg['label_column']}`",
+    ]
+    if summary:
+        lines += [
+            f"- Cleaning: {summary.get('rows_read')} rows read; {summary.get('empty_texts_dropped')} empty texts dropped; "
+            f"{summary.get('conflicting_texts_dropped')} texts carrying conflicting labels dropped "
+            f"({summary.get('conflicting_rows_dropped')} rows); {summary.get('duplicates_removed')} exact duplicates removed; "
+            f"{summary.get('rows_kept')} rows kept",
+            f"- Split (stratified, seed {data_cfg['seed']}; duplicates removed before splitting, so no text is in two splits): "
+            + ", ".join(f"{k} {v}" for k, v in summary.get("split_sizes", {}).items())
+            + (f" (train capped at {data_cfg['max_train_samples']}, validation at {data_cfg['max_eval_samples']})"
+               if data_cfg.get("max_train_samples") or data_cfg.get("max_eval_samples") else ""),
+            "",
+        ]
+        counts = summary.get("class_counts", {})
+        if counts:
+            lines += _table(["label", *counts], [[name, *(counts[s].get(name, 0) for s in counts)] for name in labels]) + [""]
+    lines += ["- Split fingerprints (sha256 of the rows): " + ", ".join(f"{k} `{v}`" for k, v in report["data_fingerprints"].items()), ""]
+
+    lines += ["## How it was chosen", ""]
+    objectives = report.get("objectives") or [{"metric": metric, "mode": report["mode"]}]
+    lines += [
+        f"- Sweep `{report.get('sweep', sweep['name'])}`: {report.get('num_trials', 1)} trial(s), searcher {sweep['searcher']}, "
+        f"scheduler {sweep['scheduler']}; objective(s): " + ", ".join(f"`{o['metric']}` ({o['mode']})" for o in objectives),
+    ]
+    if sweep.get("search_space"):
+        lines += ["- Search space:", "", "```yaml", yaml.safe_dump(sweep["search_space"], sort_keys=False).rstrip(), "```", ""]
+    selection = report.get("selection") or {}
+    if selection:
+        lines += [f"- Ranking rule: {selection['ranking_rule']}",
+                  f"- Seed robustness: the top {selection['top_k']} configuration(s) re-trained with extra seeds "
+                  f"{selection['extra_seeds'] or '(none: switched off)'}; the best mean wins",
+                  f"- Promoted run: {selection['promoted_run_rule']} (seed {selection['promoted_seed']}, {selection['promoted_run_origin']} run)"]
+    if seeds.get("n", 1) > 1:
+        lines += [f"- `{seeds['metric']}` of this configuration over seeds {seeds['seeds']}: "
+                  f"{_num(seeds['mean'])} ± {_num(seeds['std'])} (mean ± sample std, n={seeds['n']}; "
+                  f"values {', '.join(_num(v) for v in seeds['values'])})"]
+    else:
+        lines += [f"- Seeds used: {seeds.get('seeds')} (no seed re-runs)"]
+    candidates = report.get("candidates") or []
+    if len(candidates) > 1:
+        lines += ["", *_table(["rank", "trial", f"{metric} mean ± std", "seeds", "hyperparameters"],
+                              [[i, c["trial_id"], f"{_num(c['mean'])} ± {_num(c['std'])}", " ".join(map(str, c["seeds"])),
+                                ", ".join(f"{k}={_num(v, 4) if isinstance(v, float) else v}" for k, v in c["params"].items())]
+                               for i, c in enumerate(candidates, 1)])]
+    lines += [""]
+
+    lines += ["## Evaluation", "",
+              f"Validation: the promoted evaluation step. Test: scored once, for this model only. "
+              f"95% confidence intervals: percentile bootstrap over the {summary.get('split_sizes', {}).get('test', '?')} "
+              f"test rows ({report['test_ci']['resamples']} resamples, seed {report['test_ci']['seed']}); they reflect the "
+              "finite test set, not training variation (see the seed spread above).", ""]
+    rows = []
+    for key, name in HEADLINE:
+        if f"test_{key}" in test:
+            rows.append([name, _num(validation.get(f"val_{key}")), _num(test[f"test_{key}"]), _ci(intervals.get(f"test_{key}"))])
+    lines += _table(["metric", "validation", "test", "test 95% CI"], rows) + [""]
+    per_val, per_test, per_ci = (validation.get("val_f1_per_class", {}), test.get("test_f1_per_class", {}),
+                                 intervals.get("test_f1_per_class", {}))
+    lines += ["Per-class F1:", ""]
+    lines += _table(["label", "validation", "test", "test 95% CI"],
+                    [[name, _num(per_val.get(name)), _num(per_test.get(name)), _ci(per_ci.get(name))] for name in labels]) + [""]
+    matrix = report["confusion_matrix"]["matrix"]
+    lines += ["Confusion matrix on the test split (rows: true label, columns: predicted label):", ""]
+    lines += _table(["true \\ predicted", *labels], [[name, *row] for name, row in zip(labels, matrix)]) + [""]
+
+    lines += ["## How to use", "", "```python", "from transformers import pipeline",
+              'classify = pipeline("text-classification", model="path/to/promoted", top_k=None)',
+              "classify(\"...\")", "```", "",
+              "```bash", "python -m medsweep.predict model=path/to/promoted input=texts.csv output=predictions.csv",
+              "MEDSWEEP_API_TOKEN=... python -m medsweep.serve model=path/to/promoted", "```", ""]
+
+    ece = test.get("test_ece")
+    sizes = [sum(counts.get(s, {}).get(name, 0) for s in counts) for name in labels] if (counts := summary.get("class_counts")) else []
+    lines += ["## Limitations and known biases", ""]
+    lines += [
+        f"- The model only knows the {len(labels)} labels above. A text about anything else still gets one of them, "
+        "often with high confidence.",
+        f"- It was trained and tested on `{data_cfg['name']}` only. Text of another kind (clinical notes, discharge "
+        "letters, other languages, other institutions or periods) differs in vocabulary and style; expect lower accuracy "
+        "and re-evaluate before use.",
+        f"- Probabilities are not clinical risks. Test expected calibration error is {_num(ece)}"
+        + (": treat the scores as a ranking, not as frequencies." if isinstance(ece, float) and ece > 0.05 else "."),
+        "- The data carry no patient demographics, so performance for subgroups (age, sex, ethnicity, "
+        "socio-economic status) could not be measured; biases in who is studied and published carry into the model.",
+        "- Texts labelled in conflicting ways were dropped before training, so the hardest, most ambiguous cases are "
+        "under-represented in the test metrics.",
+        f"- Texts longer than {trainer['max_length']} tokens are truncated; information after that point is not seen.",
+    ]
+    if sizes and min(sizes) > 0:
+        small = labels[sizes.index(min(sizes))]
+        lines += [f"- Classes are imbalanced ({min(sizes)} to {max(sizes)} examples); `{small}` has the fewest and its "
+                  "per-class scores are the least certain (see the CIs)."]
+    if data_cfg["name"] == "medical_abstracts":
+        lines += ["- Medical Abstracts are published PubMed abstracts in English; the class 'general pathological "
+                  "conditions' is a broad catch-all that overlaps the others, and the corpus has known label noise."]
+    lines += [f"- Selection used the validation split; the seed spread ({_num(seeds.get('std'))} in `{metric}`) says how much "
+              "a re-training of the same configuration can differ." if seeds.get("n", 1) > 1 else
+              "- Selection used the validation split and one training seed; a re-training may score differently."]
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(folder: Path, report: dict) -> Path:
+    path = Path(folder) / "README.md"
+    path.write_text(render(report))
+    return path
