@@ -270,7 +270,7 @@ def is_quantized(model_cfg: dict) -> bool:
 # adapter under adapter/ plus base_model.json naming the base and how to quantize it.
 
 def write_base_reference(directory: Path, model_cfg: dict, label_names: list[str]) -> None:
-    """What load_promoted (or a person, see README) needs to rebuild the base under the adapter."""
+    """What load_promoted_model (or a person, see README) needs to rebuild the base under the adapter."""
     import json
 
     dtype = decoder.resolve_dtype(model_cfg.get("dtype", "auto"))
@@ -285,7 +285,7 @@ def write_base_reference(directory: Path, model_cfg: dict, label_names: list[str
     (Path(directory) / decoder.BASE_MODEL_FILE).write_text(json.dumps(reference, indent=2))
 
 
-def load_promoted(directory: str | Path):
+def load_promoted_model(directory: str | Path):
     """(model, tokenizer) of a promoted folder, either layout, ready for predict_proba."""
     import json
 

@@ -27,7 +27,7 @@ USAGE = ("usage: python -m medsweep.predict model=<promoted dir> input=<file.csv
          "[text_column=NAME] [text_pair_column=NAME] [id_column=NAME] [batch_size=N] [max_length=N]")
 ARGUMENTS = ("model", "input", "output", "text_column", "text_pair_column", "id_column", "batch_size", "max_length")
 
-from medsweep.model import load_promoted  # noqa: F401  (model, tokenizer) from a promoted folder, either layout
+from medsweep.model import load_promoted_model
 
 
 def predict_proba(model, tokenizer, texts: Sequence[str], pairs: Optional[Sequence[str]] = None,
@@ -92,21 +92,19 @@ def read_model_settings(model_dir: str | Path) -> dict:
 def load_promoted(model_dir: str | Path, **overrides) -> PromotedModel:
     """Load a promoted folder (safetensors weights only, no remote code). `overrides` replace the
     trained-with settings (text_column, text_pair_column, max_length, batch_size)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     from medsweep.trial import quiet_libraries
 
     settings = read_model_settings(model_dir)
     settings.update({k: v for k, v in overrides.items() if v is not None})
     quiet_libraries()
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        # Merged weights, or adapter/ + base_model.json for a 4-bit base: model.py knows both.
+        model, tokenizer = load_promoted_model(model_dir)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"could not load the model in {model_dir}: {str(exc).splitlines()[0]}") from None
     import torch
 
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and getattr(model, "hf_device_map", None) is None:  # 4-bit bases are placed already
         model.to("cuda")
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     return PromotedModel(model, tokenizer, labels, **settings)

@@ -5,7 +5,7 @@ of a seed-robust configuration). The promoted folder is a plain `save_pretrained
 in; the adapter kept under adapter/) that `transformers.pipeline("text-classification", model=...)`
 loads, plus metrics.json, medsweep_config.yaml and README.md (the model card). A LoRA adapter on a
 4-bit (QLoRA) base is not merged: the folder holds adapter/ and base_model.json, and
-`medsweep.model.load_promoted` loads either layout.
+`medsweep.predict.load_promoted` loads either layout.
 
 The test split is scored here and only here, once per promotion: test metrics, their bootstrap
 confidence intervals and the confusion matrix.

@@ -17,7 +17,8 @@ from medsweep.config import ConfigError
 from medsweep.decoder import BASE_MODEL_FILE
 from medsweep.model import (ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_WEIGHTS, build_model, check_lora_targets, load_base, load_checkpoint, load_tokenizer,
                             read_checkpoint_info, resolve, write_base_reference)
-from medsweep.predict import load_promoted, predict_proba
+from medsweep.model import load_promoted_model as load_promoted
+from medsweep.predict import predict_proba
 from medsweep.trial import run_trial
 from tests.conftest import TINY, compose_config, run_cli
 
