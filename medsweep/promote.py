@@ -18,6 +18,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import yaml
 from transformers import AutoTokenizer
 
@@ -29,6 +30,7 @@ from medsweep.trial import quiet_libraries
 
 PROMOTED = "promoted"
 VERSIONS = "promoted-versions"
+TEST_PREDICTIONS = "test_predictions.npz"
 
 
 def next_version_dir(run_dir: Path) -> Path:
@@ -38,14 +40,20 @@ def next_version_dir(run_dir: Path) -> Path:
     return versions / f"v{max(numbers, default=0) + 1:03d}"
 
 
-def evaluate_test_split(model, tokenizer, config: dict) -> tuple[dict, dict]:
-    """Test metrics of the promoted model: the only time the test split is scored."""
+def evaluate_test_split(model, tokenizer, config: dict, predictions_path: Path | None = None) -> tuple[dict, dict]:
+    """Test metrics of the promoted model: the only time the test split is scored.
+
+    With `predictions_path`, the labels and probabilities (numbers only, never the texts) are saved
+    there for the report's confusion matrix, ROC and calibration plots."""
     splits = data.load_splits(config["data"])
     test = splits.test
     pairs = test["text_pair"].tolist() if "text_pair" in test.columns else None
     probs = predict_proba(model, tokenizer, test["text"].tolist(), pairs,
                           max_length=config["trainer"]["max_length"], batch_size=config["trainer"]["eval_batch_size"])
     scores = {f"test_{k}": v for k, v in classification_metrics(test["label"].to_numpy(), probs).items()}
+    if predictions_path is not None:
+        np.savez_compressed(predictions_path, labels=test["label"].to_numpy(), probs=probs,
+                            label_names=np.array(splits.label_names))
     return scores, splits.summary
 
 
@@ -67,7 +75,7 @@ def promote_checkpoint(checkpoint_dir: str | Path, run_dir: str | Path, provenan
         shutil.copytree(checkpoint_dir / ADAPTER_DIR, staging / ADAPTER_DIR)
     shutil.copy2(checkpoint_dir / TRIAL_FILE, staging / TRIAL_FILE)
 
-    test_scores, data_summary = evaluate_test_split(model, tokenizer, config)
+    test_scores, data_summary = evaluate_test_split(model, tokenizer, config, staging / TEST_PREDICTIONS)
     report = {
         "metric": config["sweep"]["metric"],
         "mode": config["sweep"]["mode"],
