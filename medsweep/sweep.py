@@ -11,7 +11,7 @@ import os
 import socket
 from pathlib import Path
 
-from medsweep import data
+from medsweep import data, tracking
 from medsweep.config import ConfigError, validate
 from medsweep.metrics import METRIC_NAMES
 from medsweep.model import check_available
@@ -62,6 +62,7 @@ def preflight(config: dict) -> tuple[dict, data.DataSplits]:
     else:
         check_reachable(cluster["address"])
     check_available(config["model"]["name_or_path"], config["model"]["revision"])
+    tracking.check(config)
     splits = data.load_splits(config["data"])
     return space, splits
 
@@ -146,6 +147,7 @@ def run_sweep(config: dict, space: dict, num_train: int, trainable_fn=tune_trial
     from ray import tune
 
     from medsweep.leaderboard import Leaderboard
+    from medsweep.progress import CompactReporter
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # The classic reporter prints one compact table (the columns below) instead of a box per result.
@@ -158,12 +160,13 @@ def run_sweep(config: dict, space: dict, num_train: int, trainable_fn=tune_trial
     resources = {"cpu": cluster["cpus_per_trial"], "gpu": cluster["gpus_per_trial"]}
     trainable = tune.with_resources(tune.with_parameters(trainable_fn, base_config=config), resources)
     param_names = sorted(flatten(sweep["search_space"]))
-    reporter = tune.CLIReporter(
+    reporter = CompactReporter(
         # Ray flattens nested params with "/"; show "lora.r" rather than "model/lora/r".
         parameter_columns={name.replace(".", "/"): name.split(".", 1)[-1] for name in param_names},
         metric_columns={sweep["metric"]: sweep["metric"], "evaluation": "evals", "step": "step"},
         max_report_frequency=30, sort_by_metric=True, max_progress_rows=20, max_error_rows=5,
     )
+    trackers = tracking.trial_callbacks(config)
     tuner = tune.Tuner(
         trainable,
         param_space=space,
@@ -178,12 +181,15 @@ def run_sweep(config: dict, space: dict, num_train: int, trainable_fn=tune_trial
             # One checkpoint per trial, its best evaluation: that is what promotion needs.
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=sweep["metric"], checkpoint_score_order=sweep["mode"]),
-            callbacks=[Leaderboard(run_dir, sweep["metric"], sweep["mode"], param_names)],
+            callbacks=[Leaderboard(run_dir, sweep["metric"], sweep["mode"], param_names), *trackers],
             progress_reporter=reporter,
             verbose=1,
         ),
     )
-    return tuner.fit()
+    try:
+        return tuner.fit()
+    finally:
+        tracking.finish_callbacks(trackers)  # an interrupted sweep still closes its tracker runs
 
 
 def best_checkpoint(results, config: dict):
