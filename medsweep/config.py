@@ -94,12 +94,16 @@ class TrainerConfig:
 
 @dataclass
 class TrackerConfig:
-    name: str = "none"
+    name: str = "none"  # none | wandb
     project: str = "medsweep"
     entity: Optional[str] = None
+    # offline: runs are written locally and uploaded later with `wandb sync` (air-gapped clusters);
+    # online needs credentials (`wandb login` or WANDB_API_KEY); disabled: no W&B at all.
     mode: str = "offline"
     # Patient text never leaves the machine unless this is set explicitly.
     log_examples: bool = False
+    # Where W&B writes its run folders (null: the run dir, so a run dir holds everything to sync).
+    dir: Optional[str] = None
 
 
 @dataclass
@@ -180,11 +184,13 @@ DATA_FORMATS = ("csv", "jsonl", "parquet", "hf")
 CLASS_WEIGHTINGS = ("none", "balanced")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "4bit")
+TRACKERS = ("none", "wandb")
+TRACKER_MODES = ("offline", "online", "disabled")
 
 
 def validate(config: dict) -> None:
     """Check what the schema's types cannot: ranges and choices. Raises ConfigError."""
-    m, d, t, s, c, p = (config[k] for k in ("model", "data", "trainer", "sweep", "cluster", "promote"))
+    m, d, t, s, c, p, tr = (config[k] for k in ("model", "data", "trainer", "sweep", "cluster", "promote", "tracker"))
     checks = [
         (m["finetune"] in FINETUNE_METHODS, f"model.finetune must be one of {FINETUNE_METHODS}, got {m['finetune']!r}"),
         (m["dtype"] in DTYPES, f"model.dtype must be one of {DTYPES}, got {m['dtype']!r}"),
@@ -227,6 +233,8 @@ def validate(config: dict) -> None:
         (p["bootstrap_resamples"] >= 100, f"promote.bootstrap_resamples must be >= 100, got {p['bootstrap_resamples']}"),
         (c["cpus_per_trial"] > 0, f"cluster.cpus_per_trial must be > 0, got {c['cpus_per_trial']}"),
         (c["gpus_per_trial"] >= 0, f"cluster.gpus_per_trial must be >= 0, got {c['gpus_per_trial']}"),
+        (tr["name"] in TRACKERS, f"tracker.name must be one of {TRACKERS}, got {tr['name']!r}"),
+        (tr["mode"] in TRACKER_MODES, f"tracker.mode must be one of {TRACKER_MODES}, got {tr['mode']!r}"),
     ]
     for ok, message in checks:
         if not ok:

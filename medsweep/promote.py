@@ -69,6 +69,7 @@ def read_history(run_dir: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return entries
+TEST_PREDICTIONS = "test_predictions.npz"
 
 
 def next_version_dir(run_dir: Path) -> Path:
@@ -198,6 +199,8 @@ def promote_checkpoint(checkpoint_dir: str | Path, run_dir: str | Path, provenan
 
         model, tokenizer = write_model(checkpoint_dir, staging, info)
         labels, probs, data_summary = evaluate_test_split(model, tokenizer, config)
+        # Numbers only (never the texts), for the report's confusion matrix, ROC and calibration plots.
+        np.savez_compressed(staging / TEST_PREDICTIONS, labels=labels, probs=probs, label_names=np.array(label_names))
         provenance = {"checkpoint": str(checkpoint_dir), **(provenance or {})}
         # Without a seed re-run the record still says which seed trained this model.
         provenance.setdefault("seed_robustness", {"seeds": [config["trainer"]["seed"]], "n": 1})

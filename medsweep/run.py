@@ -66,6 +66,7 @@ def execute(config: dict, on_checked: Optional[Callable[[], None]] = None) -> di
     results = sweep.run_sweep(config, space, num_train=max_training_rows(splits.train, config))
     if not config["promote"]["enabled"]:
         selection.rank_sweep(results, config)  # still writes a multi-objective sweep's Pareto front
+        publish(config, run_dir)
         return {}
     chosen = selection.choose(results, config)
     provenance = chosen.provenance(config)
@@ -81,7 +82,25 @@ def execute(config: dict, on_checked: Optional[Callable[[], None]] = None) -> di
     print(f"[medsweep] promoted model: {promoted} ({report['version']})  test macro-F1={test['test_f1_macro']:.4f} "
           f"[{ci['test_f1_macro'][0]:.3f}, {ci['test_f1_macro'][1]:.3f}] AUROC={test['test_auroc']:.4f} "
           f"accuracy={test['test_accuracy']:.4f} ECE={test['test_ece']:.4f}", flush=True)
+    publish(config, run_dir)
     return report
+
+
+def publish(config: dict, run_dir: Path) -> None:
+    """The sweep report and the tracker's sweep run, after the results are safe on disk."""
+    from medsweep import report, tracking
+
+    report_dir = None
+    try:
+        report_dir = report.write_report(run_dir, config)
+        print(f"[medsweep] report: {report_dir / 'index.html'}  leaderboard: {run_dir / 'leaderboard.md'}", flush=True)
+    except Exception as exc:  # noqa: BLE001  a plotting bug must not cost the tracker's sweep run
+        log.warning("the report could not be written (%s: %s); retry with: python -m medsweep.report %s",
+                    type(exc).__name__, exc, run_dir)
+    wandb_dir = tracking.log_sweep(config, run_dir, report_dir)
+    if wandb_dir is not None and config["tracker"]["mode"] == "offline":
+        print(f"[medsweep] W&B runs saved offline in {wandb_dir}; upload with: wandb sync {wandb_dir}/offline-run-*",
+              flush=True)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

@@ -11,7 +11,7 @@ import os
 import socket
 from pathlib import Path
 
-from medsweep import data
+from medsweep import data, tracking
 from medsweep.config import ConfigError, validate
 from medsweep.decoder import check_precision
 from medsweep.metrics import BINARY_METRIC_NAMES, METRIC_NAMES, PER_CLASS_F1, metric_names
@@ -103,6 +103,7 @@ def preflight(config: dict) -> tuple[dict, data.DataSplits]:
         check_reachable(cluster["address"])
     check_available(config["model"]["name_or_path"], config["model"]["revision"])
     check_lora_targets(config["model"], sweep["search_space"])
+    tracking.check(config)
     splits = data.load_splits(config["data"])
     check_metric_names(config, len(splits.label_names))
     return space, splits
@@ -202,6 +203,7 @@ def run_sweep(config: dict, space: dict, num_train: int, trainable_fn=tune_trial
     from ray import tune
 
     from medsweep.leaderboard import Leaderboard
+    from medsweep.progress import CompactReporter
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # The classic reporter prints one compact table (the columns below) instead of a box per result.
@@ -214,7 +216,7 @@ def run_sweep(config: dict, space: dict, num_train: int, trainable_fn=tune_trial
     resources = {"cpu": cluster["cpus_per_trial"], "gpu": cluster["gpus_per_trial"]}
     trainable = tune.with_resources(tune.with_parameters(trainable_fn, base_config=config), resources)
     param_names = sorted(flatten(sweep["search_space"]))
-    reporter = tune.CLIReporter(
+    reporter = CompactReporter(
         # Ray flattens nested params with "/"; show "lora.r" rather than "model/lora/r".
         parameter_columns={name.replace(".", "/"): name.split(".", 1)[-1] for name in param_names},
         metric_columns={**{m: m for m, _ in objectives(sweep)}, "evaluation": "evals", "step": "step"},
@@ -232,6 +234,7 @@ def run_sweep(config: dict, space: dict, num_train: int, trainable_fn=tune_trial
         return tuner.fit()
     # With several objectives the searcher holds the metric lists and Tune must not set one metric on it.
     multi = len(objectives(sweep)) > 1
+    trackers = tracking.trial_callbacks(config)
     tuner = tune.Tuner(
         trainable,
         param_space=space,
@@ -250,12 +253,15 @@ def run_sweep(config: dict, space: dict, num_train: int, trainable_fn=tune_trial
                 num_to_keep=1, checkpoint_score_attribute=sweep["metric"], checkpoint_score_order=sweep["mode"]),
             # A failed trial (node lost, transient error) is retried from its last checkpoint.
             failure_config=tune.FailureConfig(max_failures=sweep["max_failures"]),
-            callbacks=[leaderboard],
+            callbacks=[leaderboard, *trackers],
             progress_reporter=reporter,
             verbose=1,
         ),
     )
-    return tuner.fit()
+    try:
+        return tuner.fit()
+    finally:
+        tracking.finish_callbacks(trackers)  # an interrupted sweep still closes its tracker runs
 
 
 def best_checkpoint(results, config: dict):
