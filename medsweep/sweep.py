@@ -129,7 +129,9 @@ def init_ray(cluster: dict) -> None:
         return
     runtime_env = {"env_vars": TRIAL_ENV}
     if cluster["address"] is None:
-        ray.init(num_cpus=cluster["num_cpus"], include_dashboard=False, runtime_env=runtime_env,
+        # address="local": always a fresh embedded Ray, even when RAY_ADDRESS (set by an earlier
+        # ray.init in this environment, or by a cluster shell) points elsewhere.
+        ray.init(address="local", num_cpus=cluster["num_cpus"], include_dashboard=False, runtime_env=runtime_env,
                  configure_logging=True, logging_level="WARNING")
     else:
         try:
@@ -220,6 +222,9 @@ def run_sweep(config: dict, space: dict, num_train: int, trainable_fn=tune_trial
         # Ray flattens nested params with "/"; show "lora.r" rather than "model/lora/r".
         parameter_columns={name.replace(".", "/"): name.split(".", 1)[-1] for name in param_names},
         metric_columns={**{m: m for m, _ in objectives(sweep)}, "evaluation": "evals", "step": "step"},
+        # Multi-objective sweeps give Tune no metric, so the reporter sorts by the primary one itself
+        # (Ray refuses a metric set on both).
+        **({"metric": sweep["metric"], "mode": sweep["mode"]} if len(objectives(sweep)) > 1 else {}),
         max_report_frequency=30, sort_by_metric=True, max_progress_rows=20, max_error_rows=5,
     )
     experiment = f"{storage.rstrip('/')}/{EXPERIMENT_NAME}"

@@ -50,5 +50,7 @@ def tiny_config(tmp_path) -> dict:
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """`python -m medsweep.run ARGS` in a subprocess, as a user would type it."""
     full_env = dict(os.environ, **(env or {}))
+    # An in-process ray.init in an earlier test exports RAY_ADDRESS; a user's shell would not have it.
+    full_env.pop("RAY_ADDRESS", None)
     return subprocess.run([sys.executable, "-m", "medsweep.run", *args], cwd=cwd or ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)

@@ -127,6 +127,7 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
+@pytest.mark.slow  # a minute or more on 2 cores: `make test-slow`
 def test_killed_driver_resumes_with_the_same_command(tmp_path):
     run_dir = tmp_path / "run"
     args = [sys.executable, "-m", "medsweep.run", "+sweep=smoke", "sweep.num_trials=3", "sweep.max_concurrent=1",

@@ -96,6 +96,7 @@ def test_seed_reruns_replace_a_lucky_winner(tmp_path, ray_local):
     assert "0.7100 ± 0.0141" in card
 
 
+@pytest.mark.slow  # a minute or more on 2 cores: `make test-slow`
 def test_multi_objective_sweep_saves_the_pareto_front_and_promotes_by_the_rule(tmp_path, ray_local):
     from medsweep.run import execute
 
