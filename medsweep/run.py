@@ -76,9 +76,11 @@ def execute(config: dict, on_checked: Optional[Callable[[], None]] = None) -> di
     metric = config["sweep"]["metric"]
     test, ci = report["test"], report["test_ci"]["intervals"]
     seeds = report["seed_robustness"]
+    spread = (f"; over seeds {seeds['seeds']}: {seeds['mean']:.4f} ± {seeds['std']:.4f}"
+              if len(seeds["seeds"]) > 1 else "")
     print(f"[medsweep] {len(results)} trial(s) in {time.time() - started:.0f}s; promoted {metric}="
           f"{report['validation'][metric]:.4f} (trial {provenance['trial_id']}, seed {provenance['selection']['promoted_seed']}, "
-          f"step {report['validation']['step']}); over seeds {seeds['seeds']}: {seeds['mean']:.4f} ± {seeds['std']:.4f}", flush=True)
+          f"step {report['validation']['step']}){spread}", flush=True)
     print(f"[medsweep] promoted model: {promoted} ({report['version']})  test macro-F1={test['test_f1_macro']:.4f} "
           f"[{ci['test_f1_macro'][0]:.3f}, {ci['test_f1_macro'][1]:.3f}] AUROC={test['test_auroc']:.4f} "
           f"accuracy={test['test_accuracy']:.4f} ECE={test['test_ece']:.4f}", flush=True)

@@ -344,6 +344,8 @@ def write_seed_runs(run_dir: Path, reranked: list[Candidate], targets: list[tupl
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "seed_runs.csv").write_text(_csv(rows))
     metric = targets[0][0]
+    if not any(len(c.values(metric)) > 1 for c in reranked):
+        return  # no seed re-runs: the leaderboard already says it all
     for row, c in zip(rows, reranked):
         print(f"[medsweep] {'*' if c is winner else ' '} {c.trial_id}: {metric} {c.mean(metric):.4f} ± {c.std(metric):.4f} "
               f"over seeds {row['seeds']}", flush=True)
