@@ -65,6 +65,12 @@ class DataConfig:
     # Debug / budget limits in the spirit of run_glue's max_train_samples (stratified subsample).
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
+    # Columns describing who a row is about (sex, age band, site): carried beside the splits for the
+    # subgroup audit of the promoted model, never given to the model as input.
+    group_columns: List[str] = field(default_factory=list)
+    # Mask names, dates, phone numbers, e-mails, record numbers, addresses, URLs and SSNs in the
+    # texts as they are read (medsweep/deid.py), before anything is logged, trained or written.
+    deidentify: bool = False
 
 
 @dataclass
@@ -90,6 +96,10 @@ class TrainerConfig:
     # repeats minority-class rows of the training split (never validation or test).
     class_weighting: str = "none"  # none | balanced
     oversample: bool = False
+    # Token-level augmentation of the training split only (medsweep/augment.py), seeded by
+    # trainer.seed: synonym replacement from a small built-in list, random swaps, random deletions.
+    augment: str = "none"  # none | synonym | swap | delete
+    augment_rate: float = 0.1
 
 
 @dataclass
@@ -182,6 +192,7 @@ METRIC_MODES = ("max", "min")
 FINETUNE_METHODS = ("full", "lora")
 DATA_FORMATS = ("csv", "jsonl", "parquet", "hf")
 CLASS_WEIGHTINGS = ("none", "balanced")
+AUGMENTATIONS = ("none", "synonym", "swap", "delete")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "4bit")
 TRACKERS = ("none", "wandb")
@@ -210,6 +221,11 @@ def validate(config: dict) -> None:
         (t["max_steps"] is None or t["max_steps"] >= 1, "trainer.max_steps must be >= 1 or null"),
         (t["class_weighting"] in CLASS_WEIGHTINGS,
          f"trainer.class_weighting must be one of {CLASS_WEIGHTINGS}, got {t['class_weighting']!r}"),
+        (t["augment"] in AUGMENTATIONS, f"trainer.augment must be one of {AUGMENTATIONS}, got {t['augment']!r}"),
+        (0.0 < t["augment_rate"] <= 0.5, f"trainer.augment_rate must be in (0, 0.5], got {t['augment_rate']}"),
+        (len(set(d["group_columns"])) == len(d["group_columns"]), f"data.group_columns must not repeat a column, got {list(d['group_columns'])}"),
+        (not set(d["group_columns"]) & {d["text_column"], d["label_column"], d["text_pair_column"]},
+         "data.group_columns must not contain the text or label column: a group column is never a model input or target"),
         (d["format"] in DATA_FORMATS, f"data.format must be one of {DATA_FORMATS}, got {d['format']!r}"),
         (0.0 < d["val_fraction"] < 1.0, f"data.val_fraction must be in (0, 1), got {d['val_fraction']}"),
         (0.0 < d["test_fraction"] < 1.0, f"data.test_fraction must be in (0, 1), got {d['test_fraction']}"),

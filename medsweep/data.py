@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from medsweep import deid
 from medsweep.config import ConfigError
 from medsweep.data_formats import BUILTIN_FILES, BUILTIN_PREFIX, read_hf, read_table, resolve_path  # noqa: F401
 
@@ -21,6 +22,11 @@ SPLITS = ("train", "validation", "test")
 # Split names as data sets spell them -> medsweep's names.
 SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
                  "val": "validation", "dev": "validation", "test": "test", "testing": "test"}
+# Group columns (data.group_columns) ride along in the split frames under this prefix, so they follow
+# every row through cleaning and splitting; trial.tokenize reads only text/text_pair/label, so they
+# never reach the model.
+GROUP_PREFIX = "group:"
+MISSING_GROUP = "(missing)"
 # A text found in two splits is kept in the most held-out one: an official test set stays whole.
 SPLIT_PRIORITY = {"test": 0, "validation": 1, "train": 2, "": 3}
 
@@ -85,6 +91,10 @@ def select_columns(raw: pd.DataFrame, cfg: dict, source: str, tag: str) -> pd.Da
     for column in filter(None, wanted):
         if column not in raw.columns:
             raise ConfigError(f"column {column!r} not found in {source}; columns are {list(raw.columns)}")
+    for column in cfg.get("group_columns") or []:
+        if column not in raw.columns:
+            raise ConfigError(f"group column {column!r} (data.group_columns) not found in {source}; "
+                              f"columns are {list(raw.columns)}")
 
     def as_text(column: str) -> pd.Series:
         # Missing values (JSON null, Parquet null) count as empty texts, not the string "None".
@@ -98,6 +108,8 @@ def select_columns(raw: pd.DataFrame, cfg: dict, source: str, tag: str) -> pd.Da
     if len(missing):
         raise ConfigError(f"label column {cfg['label_column']!r} in {source} has {len(missing)} missing value(s) "
                           f"(first on data row {missing[0] + 1})")
+    for column in cfg.get("group_columns") or []:
+        frame[GROUP_PREFIX + column] = as_text(column).replace("", MISSING_GROUP)
     if cfg["split_column"]:
         frame["split"] = normalise_split_values(as_text(cfg["split_column"]), cfg["split_column"], source)
     else:
@@ -238,7 +250,13 @@ def check_disjoint(parts: dict[str, pd.DataFrame]) -> None:
 def load_splits(cfg: dict) -> DataSplits:
     sources, split_source = read_sources(cfg)
     frame = pd.concat([select_columns(raw, cfg, name, tag) for name, tag, raw in sources], ignore_index=True)
+    masked = None
+    if cfg.get("deidentify"):
+        # First thing after reading: every later step (cleaning, logging, training, writing) sees masked text.
+        frame, masked = deid.deidentify_frame(frame)
     frame, summary = clean(frame)
+    if masked is not None:
+        summary["deidentified"] = masked
     if frame.empty:
         if summary["empty_texts_dropped"] == summary["rows_read"]:
             raise ConfigError(f"all {summary['rows_read']} texts in column {cfg['text_column']!r} are empty")
@@ -275,6 +293,10 @@ def describe(summary: dict) -> str:
     for name in SPLITS:
         counts = ", ".join(f"{label} {n}" for label, n in summary["class_counts"][name].items())
         lines.append(f"  {name:<10} {counts}   fingerprint {summary['fingerprints'][name]}")
+    if "deidentified" in summary:
+        masked = summary["deidentified"]
+        lines.append(f"  de-identified: {masked['rows_changed']} rows changed; masked "
+                     + ", ".join(f"{kind} {n}" for kind, n in masked["masked"].items()))
     return "\n".join(lines)
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from medsweep.audit import audit_lines
+
 # Built-in models that have a Hub id (the tiny random model is built locally and has none).
 HUB_IDS = {"builtin:minilm-l6": "sentence-transformers/all-MiniLM-L6-v2"}
 # Rows of the metrics table: (key without split prefix, what people call it).
@@ -111,6 +113,11 @@ def render(report: dict) -> str:
                if data_cfg.get("max_train_samples") or data_cfg.get("max_eval_samples") else ""),
             "",
         ]
+        if "deidentified" in summary:
+            masked = summary["deidentified"]
+            lines += ["- De-identification (rule set, medsweep/deid.py) masked identifiers in "
+                      f"{masked['rows_changed']} row(s) before training: "
+                      + ", ".join(f"{kind} {n}" for kind, n in masked["masked"].items()), ""]
         counts = summary.get("class_counts", {})
         if counts:
             lines += _table(["label", *counts], [[name, *(counts[s].get(name, 0) for s in counts)] for name in labels]) + [""]
@@ -163,6 +170,9 @@ def render(report: dict) -> str:
     lines += ["Confusion matrix on the test split (rows: true label, columns: predicted label):", ""]
     lines += _table(["true \\ predicted", *labels], [[name, *row] for name, row in zip(labels, matrix)]) + [""]
 
+    if report.get("subgroups"):
+        lines += audit_lines(report["subgroups"])
+
     lines += ["## How to use", "", "```python", "from transformers import pipeline",
               'classify = pipeline("text-classification", model="path/to/promoted", top_k=None)',
               "classify(\"...\")", "```", "",
@@ -180,8 +190,11 @@ def render(report: dict) -> str:
         "and re-evaluate before use.",
         f"- Probabilities are not clinical risks. Test expected calibration error is {_num(ece)}"
         + (": treat the scores as a ranking, not as frequencies." if isinstance(ece, float) and ece > 0.05 else "."),
-        "- The data carry no patient demographics, so performance for subgroups (age, sex, ethnicity, "
-        "socio-economic status) could not be measured; biases in who is studied and published carry into the model.",
+        ("- Subgroup performance was measured only for the group columns above ("
+         + ", ".join(f"`{c}`" for c in report["subgroups"]["columns"]) + "); groups not recorded in the data "
+         "(e.g. ethnicity, socio-economic status) could not be checked." if report.get("subgroups") else
+         "- The data carry no patient demographics, so performance for subgroups (age, sex, ethnicity, "
+         "socio-economic status) could not be measured; biases in who is studied and published carry into the model."),
         "- Texts labelled in conflicting ways were dropped before training, so the hardest, most ambiguous cases are "
         "under-represented in the test metrics.",
         f"- Texts longer than {trainer['max_length']} tokens are truncated; information after that point is not seen.",

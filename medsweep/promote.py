@@ -32,7 +32,7 @@ from filelock import FileLock
 from sklearn.metrics import confusion_matrix
 from transformers import AutoTokenizer
 
-from medsweep import data
+from medsweep import audit, data
 from medsweep.metrics import bootstrap_ci, classification_metrics, name_per_class
 from medsweep.model import (
     ADAPTER_CONFIG,
@@ -87,15 +87,15 @@ def current_version(run_dir: Path) -> str | None:
     return Path(os.readlink(link)).name if link.is_symlink() else None
 
 
-def evaluate_test_split(model, tokenizer, config: dict) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Labels and predicted probabilities on the test split (the only time it is scored), and the
-    data summary."""
+def evaluate_test_split(model, tokenizer, config: dict) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+    """Labels and predicted probabilities on the test split (the only time it is scored), the data
+    summary, and the test rows' group values (data.group_columns) for the subgroup audit."""
     splits = data.load_splits(config["data"])
     test = splits.test
     pairs = test["text_pair"].tolist() if "text_pair" in test.columns else None
     probs = predict_proba(model, tokenizer, test["text"].tolist(), pairs,
                           max_length=config["trainer"]["max_length"], batch_size=config["trainer"]["eval_batch_size"])
-    return test["label"].to_numpy(), probs, splits.summary
+    return test["label"].to_numpy(), probs, splits.summary, audit.group_columns(test)
 
 
 def test_report(labels: np.ndarray, probs: np.ndarray, label_names: list[str], promote_cfg: dict) -> dict:
@@ -198,7 +198,7 @@ def promote_checkpoint(checkpoint_dir: str | Path, run_dir: str | Path, provenan
         previous = current_version(run_dir)
 
         model, tokenizer = write_model(checkpoint_dir, staging, info)
-        labels, probs, data_summary = evaluate_test_split(model, tokenizer, config)
+        labels, probs, data_summary, groups = evaluate_test_split(model, tokenizer, config)
         # Numbers only (never the texts), for the report's confusion matrix, ROC and calibration plots.
         np.savez_compressed(staging / TEST_PREDICTIONS, labels=labels, probs=probs, label_names=np.array(label_names))
         provenance = {"checkpoint": str(checkpoint_dir), **(provenance or {})}
@@ -220,6 +220,10 @@ def promote_checkpoint(checkpoint_dir: str | Path, run_dir: str | Path, provenan
             **provenance,
             "config": config,
         }
+        if groups:
+            settings = {**DEFAULT_BOOTSTRAP, **(config.get("promote") or {})}
+            report["subgroups"] = audit.subgroup_report(labels, probs, groups, settings["bootstrap_resamples"],
+                                                        settings["bootstrap_seed"], CONFIDENCE)
         (staging / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
         (staging / "medsweep_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         write_model_card(staging, report)

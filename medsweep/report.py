@@ -428,6 +428,38 @@ def model_plots(data: SweepData, out_dir: Path) -> list[Figure]:
     return figures
 
 
+def subgroup_plots(data: SweepData, out_dir: Path) -> list[Figure]:
+    """One bar chart per group column: test accuracy and macro-F1 per group, with their bootstrap CIs."""
+    subgroups = (data.promoted or {}).get("subgroups")
+    if not subgroups:
+        return []
+    figures = []
+    for index, (column, entry) in enumerate(subgroups["columns"].items()):
+        groups = list(entry["groups"])
+        fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(groups) + 2.5), 4))
+        x = np.arange(len(groups))
+        for offset, metric in zip((-0.2, 0.2), subgroups["metrics"]):
+            values = np.array([entry["groups"][g][metric] for g in groups])
+            low, high = (np.array([entry["groups"][g]["ci"][metric][i] for g in groups]) for i in (0, 1))
+            ax.bar(x + offset, values, width=0.4, label=metric,
+                   yerr=np.clip([values - low, high - values], 0, None), capsize=3)
+        ax.set_xticks(x, [f"{wrap(g)}\n(n={entry['groups'][g]['n']})" for g in groups])
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("Test score")
+        ax.legend(loc="lower right")
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_title(f"Promoted model: test metrics by {column}")
+        fig.tight_layout()
+        name = f"subgroups_{index}"
+        save(fig, out_dir, name)
+        gap = entry.get("largest_gap")
+        caption = (f"Largest gap: {gap['metric']} {gap['difference']:.3f} between {gap['groups'][0]} and "
+                   f"{gap['groups'][1]}{' (CIs overlap)' if gap['cis_overlap'] else ''}." if gap else "No gap computed.")
+        figures.append(Figure(name, f"Subgroups: {column}",
+                              f"Test accuracy and macro-F1 per {column} group, 95% bootstrap CIs. {caption}"))
+    return figures
+
+
 # --- the page ------------------------------------------------------------------------------------
 
 SORTABLE_TABLE_JS = """
@@ -509,6 +541,7 @@ def write_report(run_dir: str | Path, config: dict | None = None) -> Path:
     elif "sweep plots" not in data.skipped:
         data.skipped["sweep plots"] = "no trial reported a result"
     draw("promoted model plots", model_plots)
+    draw("subgroup plots", subgroup_plots)
     write_index(data, figures, out_dir)
     for name, reason in data.skipped.items():
         if reason.startswith("failed"):

@@ -19,7 +19,7 @@ from datasets import Dataset
 from transformers import DataCollatorWithPadding, PrinterCallback, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from medsweep import data, decoder, imbalance, metrics
+from medsweep import augment, data, decoder, imbalance, metrics
 from medsweep.metrics import is_metric_name
 from medsweep.model import TRIAL_FILE, build_model, count_parameters, load_tokenizer, read_checkpoint_info
 
@@ -165,8 +165,9 @@ def run_trial(config: dict, on_evaluation: Optional[EvaluationHook] = None,
     splits = data.load_splits(config["data"])
     tokenizer = load_tokenizer(config["model"])
     dtype = decoder.resolve_dtype(config["model"]["dtype"])
-    # Oversampled if asked; class weights are then computed on the rows actually trained on.
-    train_rows = imbalance.training_split(splits.train, trainer_cfg)
+    # Oversampled if asked; class weights are then computed on the rows actually trained on. Augmented
+    # after oversampling, so repeated rows get different perturbations; validation/test never are.
+    train_rows = augment.augment_training(imbalance.training_split(splits.train, trainer_cfg), trainer_cfg)
     train_set = tokenize(train_rows, tokenizer, trainer_cfg["max_length"])
     val_set = tokenize(splits.validation, tokenizer, trainer_cfg["max_length"])
     first_evaluation = 1

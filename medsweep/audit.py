@@ -1,0 +1,129 @@
+"""Subgroup audit of the promoted model: test accuracy and macro-F1 per group, with bootstrap CIs.
+
+`data.group_columns` names columns (sex, age band, site) read with the data and carried beside the
+splits (data.GROUP_PREFIX), never given to the model. At promotion the test predictions are split by
+each column's values and scored per group; the largest gap between two groups is flagged in
+metrics.json (`subgroups`), the model card and the report.
+
+Per-group macro-F1 averages over the classes that occur in that group's test rows: a class absent
+from a small group would otherwise count as F1 0 and fake a gap. Groups with fewer than
+MIN_GAP_GROUP_SIZE test rows are reported but left out of the gap (their numbers are mostly noise;
+the CIs show how much).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, f1_score
+
+from medsweep.data import GROUP_PREFIX
+from medsweep.metrics import PER_CLASS_F1, resampled_metrics
+
+AUDIT_METRICS = ("accuracy", "f1_macro")
+MIN_GAP_GROUP_SIZE = 10
+
+
+def group_columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """{group column name: its value per row} for the group columns carried in a split frame."""
+    return {c[len(GROUP_PREFIX):]: frame[c].astype(str).to_numpy() for c in frame.columns if c.startswith(GROUP_PREFIX)}
+
+
+def group_scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    preds = probs.argmax(axis=1)
+    present = sorted(np.unique(labels).tolist())
+    return {"accuracy": float(accuracy_score(labels, preds)),
+            "f1_macro": float(f1_score(labels, preds, labels=present, average="macro", zero_division=0))}
+
+
+def group_intervals(labels: np.ndarray, probs: np.ndarray, n_resamples: int, seed: int,
+                    confidence: float) -> dict[str, list[float]]:
+    """Percentile bootstrap CIs of group_scores, vectorised like metrics.bootstrap_ci (a resample is
+    a row of draw counts)."""
+    n = len(labels)
+    rng = np.random.default_rng(seed)
+    weights = np.stack([np.bincount(row, minlength=n) for row in rng.integers(0, n, size=(n_resamples, n))])
+    scores = resampled_metrics(labels, probs, weights)
+    present = np.unique(labels)
+    values = {"accuracy": scores["accuracy"],
+              "f1_macro": np.mean([scores[f"{PER_CLASS_F1}{k}"] for k in present], axis=0)}
+    tail = (1.0 - confidence) / 2 * 100
+    return {name: [float(v) for v in np.percentile(values[name], [tail, 100 - tail])] for name in AUDIT_METRICS}
+
+
+def largest_gap(groups: dict[str, dict], column: str | None = None) -> dict | None:
+    """The metric and pair of groups (of at least MIN_GAP_GROUP_SIZE rows) furthest apart."""
+    eligible = {g: s for g, s in groups.items() if s["n"] >= MIN_GAP_GROUP_SIZE}
+    if len(eligible) < 2:
+        return None
+    best = None
+    for metric in AUDIT_METRICS:
+        high = max(eligible, key=lambda g: eligible[g][metric])
+        low = min(eligible, key=lambda g: eligible[g][metric])
+        difference = eligible[high][metric] - eligible[low][metric]
+        if best is None or difference > best["difference"]:
+            (hl, hh), (ll, lh) = eligible[high]["ci"][metric], eligible[low]["ci"][metric]
+            best = {"metric": metric, "groups": [high, low], "difference": float(difference),
+                    # Overlapping 95% CIs: the gap may be test-set noise (a rough screen, not a test).
+                    "cis_overlap": bool(ll <= hh and hl <= lh)}
+    if column is not None:
+        best = {"column": column, **best}
+    return best
+
+
+def subgroup_report(labels: np.ndarray, probs: np.ndarray, groups: dict[str, np.ndarray],
+                    n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict:
+    """Per group column: every group's size, accuracy and macro-F1 with CIs, and its largest gap;
+    overall: the largest gap over all columns."""
+    labels, probs = np.asarray(labels), np.asarray(probs)
+    columns = {}
+    for column, values in groups.items():
+        per_group = {}
+        for value in sorted(set(values)):
+            rows = values == value
+            scores = group_scores(labels[rows], probs[rows])
+            per_group[value] = {"n": int(rows.sum()), **scores,
+                                "ci": group_intervals(labels[rows], probs[rows], n_resamples, seed, confidence)}
+        columns[column] = {"groups": per_group, "largest_gap": largest_gap(per_group)}
+    gaps = [{"column": c, **entry["largest_gap"]} for c, entry in columns.items() if entry["largest_gap"]]
+    return {
+        "metrics": list(AUDIT_METRICS),
+        "confidence": confidence,
+        "method": "percentile bootstrap over each group's test rows",
+        "resamples": n_resamples,
+        "seed": seed,
+        "min_group_size_for_gap": MIN_GAP_GROUP_SIZE,
+        "columns": columns,
+        "largest_gap": max(gaps, key=lambda g: g["difference"]) if gaps else None,
+    }
+
+
+def audit_lines(subgroups: dict) -> list[str]:
+    """The model card's "Subgroup performance" section (Markdown lines)."""
+    def num(value) -> str:
+        return f"{value:.4f}"
+
+    lines = ["## Subgroup performance", "",
+             f"Test metrics per group ({int(subgroups['confidence'] * 100)}% CIs: {subgroups['method']}, "
+             f"{subgroups['resamples']} resamples). Macro-F1 averages over the classes present in the group. "
+             f"Group columns were never model inputs.", ""]
+    gap = subgroups.get("largest_gap")
+    if gap:
+        lines += [f"**Largest gap: {gap['metric']} differs by {gap['difference']:.4f} between "
+                  f"`{gap['column']}` = `{gap['groups'][0]}` and `{gap['groups'][1]}`"
+                  + (" (their CIs overlap: it may be test-set noise).**" if gap["cis_overlap"] else
+                     " (their CIs do not overlap).**"), ""]
+    for column, entry in subgroups["columns"].items():
+        lines += [f"`{column}`:", "", "| group | n | accuracy | accuracy CI | macro-F1 | macro-F1 CI |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for value, s in entry["groups"].items():
+            lines.append(f"| {value} | {s['n']} | {num(s['accuracy'])} | [{num(s['ci']['accuracy'][0])}, "
+                         f"{num(s['ci']['accuracy'][1])}] | {num(s['f1_macro'])} | [{num(s['ci']['f1_macro'][0])}, "
+                         f"{num(s['ci']['f1_macro'][1])}] |")
+        lines.append("")
+    small = [f"{c}={v}" for c, e in subgroups["columns"].items() for v, s in e["groups"].items()
+             if s["n"] < subgroups["min_group_size_for_gap"]]
+    if small:
+        lines += [f"Groups under {subgroups['min_group_size_for_gap']} test rows (not used for the gap): "
+                  + ", ".join(small), ""]
+    return lines
