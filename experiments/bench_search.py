@@ -5,9 +5,9 @@ trials, no early stopping), with the same search space, trial budget, model and 
     python experiments/bench_search.py --quick     # ~15 min on 2 cores
     python experiments/bench_search.py             # ~40 min
 
-Prints both times to target (and the best F1 each reached) and, last, `ratio=X.XX`
-(medsweep's time over Trainer.hyperparameter_search's; goal <= 0.35). If a side never reaches the
-target its whole run time is used and the line says so.
+Prints the best F1 each reached, a table of times to several target F1s from the same two runs,
+and, last, `ratio=X.XX` for --target (medsweep's time over Trainer.hyperparameter_search's; goal
+<= 0.35). A side that never reaches a target is charged its whole run time (marked *).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from medsweep.config import MedsweepConfig
 from medsweep.model import build_model, load_tokenizer
 from medsweep.trial import compute_metrics, quiet_libraries, tokenize, training_arguments
 
+TARGETS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 SPACE = {"trainer": {"learning_rate": {"type": "loguniform", "lower": 1e-5, "upper": 5e-4},
                      "warmup_ratio": {"type": "uniform", "lower": 0.0, "upper": 0.2}}}
 
@@ -46,7 +47,8 @@ def make_config(run_dir: str, train_samples: int, epochs: int, trials: int) -> d
     return config
 
 
-def medsweep_time_to_target(config: dict, target: float) -> tuple[float, float, float]:
+def medsweep_search(config: dict) -> tuple[list[tuple[float, float]], float]:
+    """[(seconds since the start, validation macro-F1) per evaluation], whole run time."""
     from medsweep.run import execute
 
     started = time.time()
@@ -56,26 +58,22 @@ def medsweep_time_to_target(config: dict, target: float) -> tuple[float, float, 
     reports = []
     for path in (Path(config["run_dir"]) / "ray" / "sweep").glob("*/result.json"):
         reports += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    best = max(r["val_f1_macro"] for r in reports)
-    hits = [r["timestamp"] for r in reports if r["val_f1_macro"] >= target]
     # Ray's timestamps are whole seconds since the epoch; `started` is the same clock.
-    return (min(hits) - started if hits else float("inf")), best, total
+    return [(r["timestamp"] - started, r["val_f1_macro"]) for r in reports], total
 
 
-def hf_time_to_target(config: dict, target: float, trials: int) -> tuple[float, float, float]:
+def hf_search(config: dict, trials: int) -> tuple[list[tuple[float, float]], float]:
     torch.set_num_threads(2)
     splits = data.load_splits(config["data"])
     tokenizer = load_tokenizer(config["model"])
     train = tokenize(splits.train, tokenizer, config["trainer"]["max_length"])
     val = tokenize(splits.validation, tokenizer, config["trainer"]["max_length"])
-    hits, scores = [], []
+    evaluations = []
     started = time.time()
 
     def metrics_with_clock(prediction):
         scores_now = compute_metrics(prediction)
-        scores.append(scores_now["f1_macro"])
-        if scores_now["f1_macro"] >= target:
-            hits.append(time.time() - started)
+        evaluations.append((time.time() - started, scores_now["f1_macro"]))
         return scores_now
 
     def space(trial):
@@ -94,8 +92,12 @@ def hf_time_to_target(config: dict, target: float, trials: int) -> tuple[float, 
         trainer.hyperparameter_search(hp_space=space, backend="optuna", n_trials=trials, direction="maximize",
                                       compute_objective=lambda metrics: metrics["eval_f1_macro"],
                                       sampler=optuna.samplers.TPESampler(seed=0))
-    total = time.time() - started
-    return (min(hits) if hits else float("inf")), max(scores), total
+    return evaluations, time.time() - started
+
+
+def time_to(evaluations: list[tuple[float, float]], target: float) -> float:
+    hits = [t for t, f1 in evaluations if f1 >= target]
+    return min(hits) if hits else float("inf")
 
 
 def main() -> None:
@@ -108,17 +110,25 @@ def main() -> None:
     target = args.target or (0.35 if args.quick else 0.5)
     with tempfile.TemporaryDirectory() as run_dir:
         config = make_config(run_dir, samples, epochs, trials)
-        ours, ours_best, ours_total = medsweep_time_to_target(config, target)
-        theirs, theirs_best, theirs_total = hf_time_to_target(config, target, trials)
-    print(f"MiniLM full fine-tune, {samples} samples x {epochs} epochs, {trials} trials, target val macro-F1 {target}")
-    for name, t, best, total in (("medsweep (TPE+ASHA, 2 parallel)", ours, ours_best, ours_total),
-                                 ("Trainer.hyperparameter_search", theirs, theirs_best, theirs_total)):
-        reached = f"{t:7.0f} s to target" if t != float("inf") else "never reached the target"
-        print(f"{name:34s} {reached}; best F1 {best:.3f}; whole search {total:.0f} s")
-    ours_t = ours if ours != float("inf") else ours_total
-    theirs_t = theirs if theirs != float("inf") else theirs_total
-    print(f"ratio={ours_t / theirs_t:.2f}")
-
+        ours, ours_total = medsweep_search(config)
+        theirs, theirs_total = hf_search(config, trials)
+    print(f"MiniLM full fine-tune, {samples} samples x {epochs} epochs, {trials} trials, 2 CPU cores")
+    print(f"{'':34s} best val macro-F1   whole search")
+    print(f"{'medsweep (TPE+ASHA, 2 parallel)':34s} {max(f for _, f in ours):17.3f}   {ours_total:9.0f} s")
+    print(f"{'Trainer.hyperparameter_search':34s} {max(f for _, f in theirs):17.3f}   {theirs_total:9.0f} s")
+    # Time to reach each target from the same two runs; a side that never reaches it is charged its
+    # whole search time (a lower bound on what it would need).
+    print("target F1   medsweep s   hyperparameter_search s   ratio")
+    for level in sorted({*TARGETS, target}):
+        a, b = time_to(ours, level), time_to(theirs, level)
+        a_t, b_t = (a if a != float("inf") else ours_total), (b if b != float("inf") else theirs_total)
+        print(f"{level:9.2f}   {a_t:8.0f}{'' if a != float('inf') else '*'}   {b_t:21.0f}{'' if b != float('inf') else '*'}"
+              f"   {a_t / b_t:5.2f}")
+    print("* never reached: whole search time")
+    a, b = time_to(ours, target), time_to(theirs, target)
+    a_t, b_t = (a if a != float("inf") else ours_total), (b if b != float("inf") else theirs_total)
+    print(f"target={target}")
+    print(f"ratio={a_t / b_t:.2f}")
 
 if __name__ == "__main__":
     main()

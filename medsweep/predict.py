@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from medsweep.config import ConfigError
+from medsweep.tool_args import parse_key_values, tool_main
 
 CONFIG_FILE = "medsweep_config.yaml"
 PROB_PREFIX = "prob_"
@@ -113,23 +114,7 @@ def load_promoted(model_dir: str | Path, **overrides) -> PromotedModel:
 # --- command line ----------------------------------------------------------------------------------
 
 def parse_args(argv: Sequence[str]) -> dict:
-    args = {}
-    for item in argv:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"arguments are key=value, got {item!r}")
-        if key not in ARGUMENTS:
-            raise ConfigError(f"unknown argument {key!r}; known: {', '.join(ARGUMENTS)}")
-        args[key] = value
-    for required in ("model", "input", "output"):
-        if not args.get(required):
-            raise ConfigError(f"missing {required}=...")
-    for number in ("batch_size", "max_length"):
-        if number in args:
-            if not args[number].isdigit() or int(args[number]) < 1:
-                raise ConfigError(f"{number} must be a positive integer, got {args[number]!r}")
-            args[number] = int(args[number])
-    return args
+    return parse_key_values(argv, ARGUMENTS, required=("model", "input", "output"), positive_ints=("batch_size", "max_length"))
 
 
 def read_inputs(path: str, text_column: str, text_pair_column: Optional[str], id_column: Optional[str]):
@@ -209,18 +194,12 @@ def run(args: dict) -> Path:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE, file=sys.stderr if not argv else sys.stdout)
-        return 2 if not argv else 0
-    try:
-        args = parse_args(argv)
-        output = run(args)
-    except ConfigError as exc:
-        print(f"medsweep.predict: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"[medsweep] wrote {output}", file=sys.stderr)
-    return 0
+    def body(argv: list[str]) -> int:
+        output = run(parse_args(argv))
+        print(f"[medsweep] wrote {output}", file=sys.stderr)
+        return 0
+
+    return tool_main("medsweep.predict", USAGE, argv, body)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import time
 from typing import Optional, Sequence
 
 from medsweep.config import ConfigError
+from medsweep.tool_args import parse_key_values, tool_main
 
 TOKEN_ENV = "MEDSWEEP_API_TOKEN"
 MIN_TOKEN_LENGTH = 16
@@ -157,18 +158,11 @@ def create_app(promoted, token: Optional[str], max_request_bytes: int = 1_000_00
 
 
 def parse_args(argv: Sequence[str]) -> dict:
-    args = dict(DEFAULTS)
-    for item in argv:
-        key, sep, value = item.partition("=")
-        if not sep or key not in (*DEFAULTS, "model"):
-            raise ConfigError(f"arguments are key=value with key one of model, {', '.join(DEFAULTS)}; got {item!r}")
-        args[key] = value
-    if not args.get("model"):
-        raise ConfigError("missing model=<promoted dir>")
-    for number in ("port", "max_request_bytes", "max_batch"):
-        if not args[number].isdigit() or (int(args[number]) < 1 and number != "port"):
-            raise ConfigError(f"{number} must be a positive integer, got {args[number]!r}")
-        args[number] = int(args[number])
+    args = parse_key_values(argv, ("model", *DEFAULTS), required=("model",),
+                            positive_ints=("max_request_bytes", "max_batch"), defaults=DEFAULTS)
+    if not args["port"].isdigit():  # 0 is allowed: the OS picks a free port
+        raise ConfigError(f"port must be a non-negative integer, got {args['port']!r}")
+    args["port"] = int(args["port"])
     if args["allow_no_auth"].lower() not in ("true", "false"):
         raise ConfigError(f"allow_no_auth must be true or false, got {args['allow_no_auth']!r}")
     args["allow_no_auth"] = args["allow_no_auth"].lower() == "true"
@@ -192,25 +186,21 @@ def resolve_token(host: str, allow_no_auth: bool, environ=os.environ) -> Optiona
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE, file=sys.stderr if not argv else sys.stdout)
-        return 2 if not argv else 0
-    try:
-        args = parse_args(argv)
-        # Checked before the model loads: a misconfigured service fails in a second.
-        token = resolve_token(args["host"], args["allow_no_auth"])
-        try:
-            import uvicorn
-        except ImportError:
-            raise ConfigError('the service needs FastAPI and uvicorn: pip install "medsweep[serve]"') from None
-        from medsweep.predict import load_promoted, read_model_settings
+    return tool_main("medsweep.serve", USAGE, argv, serve)
 
-        read_model_settings(args["model"])
-        promoted = load_promoted(args["model"])
-    except ConfigError as exc:
-        print(f"medsweep.serve: error: {exc}", file=sys.stderr)
-        return 2
+
+def serve(argv: list[str]) -> int:
+    args = parse_args(argv)
+    # Checked before the model loads: a misconfigured service fails in a second.
+    token = resolve_token(args["host"], args["allow_no_auth"])
+    try:
+        import uvicorn
+    except ImportError:
+        raise ConfigError('the service needs FastAPI and uvicorn: pip install "medsweep[serve]"') from None
+    from medsweep.predict import load_promoted, read_model_settings
+
+    read_model_settings(args["model"])
+    promoted = load_promoted(args["model"])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     if token is None:
         log.warning("no bearer token: anyone who can reach %s:%d can use the model", args["host"], args["port"])

@@ -14,7 +14,7 @@ from pathlib import Path
 from medsweep import data, tracking
 from medsweep.config import ConfigError, validate
 from medsweep.decoder import check_precision
-from medsweep.metrics import BINARY_METRIC_NAMES, METRIC_NAMES, PER_CLASS_F1, metric_names
+from medsweep.metrics import BINARY_METRIC_NAMES, METRIC_NAMES, PER_CLASS_F1, WORST_GROUP_METRIC_NAMES, metric_names
 from medsweep.model import check_available, check_lora_targets
 from medsweep.search_space import apply_overrides, build_search_space, check_points, flatten
 
@@ -71,14 +71,20 @@ def objectives(sweep_cfg: dict) -> list[tuple[str, str]]:
 
 def check_metric_names(config: dict, num_classes: int | None = None) -> None:
     """Every objective must be a metric trials report (for this task, once its classes are known)."""
+    grouped = bool(config["data"]["group_columns"])
     allowed = list(REPORTED_METRICS) + [f"val_{PER_CLASS_F1}<index>"]
     for metric, _ in objectives(config["sweep"]):
+        if metric[len("val_"):] in WORST_GROUP_METRIC_NAMES and metric.startswith("val_"):
+            if not grouped:
+                raise ConfigError(f"sweep.metric {metric!r} needs data.group_columns (the groups to take the worst of)")
+            continue
         known = metric in REPORTED_METRICS or metric.startswith(f"val_{PER_CLASS_F1}") and metric[len(f"val_{PER_CLASS_F1}"):].isdigit()
         if not known:
-            raise ConfigError(f"sweep.metric {metric!r} is not reported by trials; choose one of {allowed}")
+            raise ConfigError(f"sweep.metric {metric!r} is not reported by trials; choose one of {allowed}"
+                              + (f" or {['val_' + n for n in WORST_GROUP_METRIC_NAMES]}" if grouped else ""))
         if num_classes is not None and metric[len("val_"):] not in metric_names(num_classes):
             raise ConfigError(f"sweep.metric {metric!r} is not reported for a {num_classes}-class task; "
-                              f"it reports {['val_' + n for n in metric_names(num_classes)]}")
+                              f"it reports {['val_' + n for n in metric_names(num_classes, grouped)]}")
 
 
 def preflight(config: dict) -> tuple[dict, data.DataSplits]:
@@ -161,7 +167,9 @@ def build_searcher(config: dict, space: dict):
         return OptunaSearch(sampler=sampler, points_to_evaluate=points or None)
     # The random searcher takes the points nested, as the param space is.
     nested = [unflatten_dict(point, delimiter="/") for point in points]
-    return BasicVariantGenerator(random_state=sweep["seed"], points_to_evaluate=nested or None)
+    # Tune ignores TuneConfig.max_concurrent_trials for this generator: it takes the limit itself.
+    return BasicVariantGenerator(random_state=sweep["seed"], points_to_evaluate=nested or None,
+                                 max_concurrent=sweep["max_concurrent"])
 
 
 def max_evaluations(config: dict, num_train: int) -> int:
@@ -203,6 +211,7 @@ def build_scheduler(config: dict, num_train: int):
 def run_sweep(config: dict, space: dict, num_train: int, trainable_fn=tune_trial):
     """Run all trials; returns Ray's ResultGrid. The leaderboard is written as trials finish."""
     from ray import tune
+    from ray.tune.search import Searcher
 
     from medsweep.leaderboard import Leaderboard
     from medsweep.progress import CompactReporter
@@ -240,14 +249,15 @@ def run_sweep(config: dict, space: dict, num_train: int, trainable_fn=tune_trial
     # With several objectives the searcher holds the metric lists and Tune must not set one metric on it.
     multi = len(objectives(sweep)) > 1
     trackers = tracking.trial_callbacks(config)
+    searcher = build_searcher(config, space)
     tuner = tune.Tuner(
         trainable,
         param_space=space,
         tune_config=tune.TuneConfig(
             metric=None if multi else sweep["metric"], mode=None if multi else sweep["mode"],
             num_samples=sweep["num_trials"],
-            max_concurrent_trials=sweep["max_concurrent"],
-            search_alg=build_searcher(config, space), scheduler=build_scheduler(config, num_train),
+            max_concurrent_trials=sweep["max_concurrent"] if isinstance(searcher, Searcher) else None,
+            search_alg=searcher, scheduler=build_scheduler(config, num_train),
         ),
         run_config=tune.RunConfig(
             name=EXPERIMENT_NAME,

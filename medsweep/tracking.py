@@ -35,14 +35,14 @@ import re
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ray.tune import Callback
-
 from medsweep.config import ConfigError
-from medsweep.metrics import METRIC_NAMES, is_better
+from medsweep.leaderboard import TrialResults
+from medsweep.metrics import METRIC_NAMES, WORST_GROUP_METRIC_NAMES
 from medsweep.search_space import apply_overrides
 
 # What a trial run's history gets from each evaluation; everything else in Ray's result is dropped.
-TRIAL_HISTORY_KEYS = (*(f"val_{name}" for name in METRIC_NAMES), "epoch", "evaluation", "train_seconds")
+TRIAL_HISTORY_KEYS = (*(f"val_{name}" for name in METRIC_NAMES + WORST_GROUP_METRIC_NAMES), "epoch", "evaluation",
+                      "train_seconds")
 EXAMPLES_LOGGED = 20
 
 
@@ -98,16 +98,13 @@ def init_run(config: dict, *, job_type: str, name: str, run_config: dict):
     )
 
 
-class TrialRuns(Callback):
+class TrialRuns(TrialResults):
     """One W&B run per trial, written from the driver as Ray reports results."""
 
     def __init__(self, config: dict):
+        super().__init__(config["sweep"]["metric"], config["sweep"]["mode"])
         self.config = config
-        self.metric, self.mode = config["sweep"]["metric"], config["sweep"]["mode"]
         self.runs: dict[str, object] = {}
-        self.best: dict[str, dict] = {}
-        self.last: dict[str, dict] = {}
-        self.evaluations: dict[str, int] = {}
 
     def _run(self, trial):
         if trial.trial_id not in self.runs:
@@ -121,17 +118,12 @@ class TrialRuns(Callback):
         self._run(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        tid = trial.trial_id
         step = int(result.get("step", result["training_iteration"]))  # the optimizer step, when the trial says
         self._run(trial).log({k: result[k] for k in TRIAL_HISTORY_KEYS if k in result}, step=step)
-        self.evaluations[tid] = self.evaluations.get(tid, 0) + 1
-        self.last[tid] = result
-        if tid not in self.best or is_better(result.get(self.metric), self.best[tid].get(self.metric), self.mode):
-            self.best[tid] = result
+        super().on_trial_result(iteration, trials, trial, result, **info)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        finished = self.last.get(trial.trial_id, {}).get("final", False)
-        self.finish(trial.trial_id, "completed" if finished else "early_stopped")
+        self.finish(trial.trial_id, self.end_status(trial.trial_id))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.finish(trial.trial_id, "error")

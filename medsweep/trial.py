@@ -6,6 +6,7 @@ debugging); the sweep passes `on_evaluation` to forward each evaluation and its 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import tempfile
@@ -16,10 +17,11 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 from datasets import Dataset
+from torch.utils.data import SequentialSampler
 from transformers import DataCollatorWithPadding, PrinterCallback, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from medsweep import augment, data, decoder, imbalance, metrics
+from medsweep import audit, augment, data, decoder, imbalance, metrics
 from medsweep.metrics import is_metric_name
 from medsweep.model import TRIAL_FILE, build_model, count_parameters, load_tokenizer, read_checkpoint_info
 
@@ -45,12 +47,18 @@ def tokenize(frame, tokenizer, max_length: int) -> Dataset:
     return dataset.map(encode, batched=True, remove_columns=[c for c in columns if c != "label"]).rename_column("label", "labels")
 
 
-def compute_metrics(prediction) -> dict:
+def compute_metrics(prediction, groups: Optional[dict[str, np.ndarray]] = None) -> dict:
+    """The metrics of one evaluation; with `groups` (the evaluated rows' group values, in order),
+    also the worst group's accuracy and macro-F1."""
     logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
     if not np.isfinite(logits).all():
         # Say what happened; sklearn would only say "Input contains NaN".
         raise FloatingPointError("the model's outputs are NaN/inf: training diverged (learning rate too high?)")
-    return metrics.classification_metrics(prediction.label_ids, metrics.softmax(np.asarray(logits, dtype=np.float64)))
+    probs = metrics.softmax(np.asarray(logits, dtype=np.float64))
+    scores = metrics.classification_metrics(prediction.label_ids, probs)
+    if groups:
+        scores.update(audit.worst_group(prediction.label_ids, probs, groups))
+    return scores
 
 
 class EvaluationReporter(TrainerCallback):
@@ -95,6 +103,17 @@ class EvaluationReporter(TrainerCallback):
         (directory / TRIAL_FILE).write_text(json.dumps(info, indent=2, default=str))
         report, self.pending = self.pending, None
         self.hook(report, directory)
+
+
+class SortedEvalTrainer(imbalance.WeightedLossTrainer):
+    """Evaluates in the evaluation set's own order. With length grouping on, the Trainer would also
+    shuffle evaluation batches by length (a seeded LengthGroupedSampler); metrics that need per-row
+    context, like the worst group's score, need to know which prediction is which row."""
+
+    def _get_eval_sampler(self, eval_dataset):
+        if eval_dataset is None or self.args.world_size > 1:
+            return super()._get_eval_sampler(eval_dataset)
+        return SequentialSampler(eval_dataset)
 
 
 def training_arguments(trainer_cfg: dict, output_dir: str, dtype: torch.dtype, save: bool) -> TrainingArguments:
@@ -170,6 +189,11 @@ def run_trial(config: dict, on_evaluation: Optional[EvaluationHook] = None,
     train_rows = augment.augment_training(imbalance.training_split(splits.train, trainer_cfg), trainer_cfg)
     train_set = tokenize(train_rows, tokenizer, trainer_cfg["max_length"])
     val_set = tokenize(splits.validation, tokenizer, trainer_cfg["max_length"])
+    # Evaluation runs over the validation rows sorted by length (least padding) in that fixed order
+    # (SortedEvalTrainer), so each prediction lines up with its row's group values.
+    order = np.argsort(val_set["length"], kind="stable")
+    val_set = val_set.select(order)
+    val_groups = {column: values[order] for column, values in audit.group_columns(splits.validation).items()}
     first_evaluation = 1
     if resume_from is not None:
         first_evaluation = read_checkpoint_info(resume_from)["metrics"]["evaluation"] + 1
@@ -180,14 +204,14 @@ def run_trial(config: dict, on_evaluation: Optional[EvaluationHook] = None,
         while True:
             set_seed(trainer_cfg["seed"])
             net = build_model(config["model"], splits.label_names)
-            trainer = imbalance.WeightedLossTrainer(
+            trainer = SortedEvalTrainer(
                 model=net,
                 args=training_arguments(trainer_cfg, output_dir, dtype, save=on_evaluation is not None),
                 train_dataset=train_set,
                 eval_dataset=val_set,
                 data_collator=DataCollatorWithPadding(tokenizer),
                 processing_class=tokenizer,
-                compute_metrics=compute_metrics,
+                compute_metrics=functools.partial(compute_metrics, groups=val_groups),
                 callbacks=[reporter],
                 class_weights=imbalance.class_weights(train_rows["label"], len(splits.label_names),
                                                       trainer_cfg["class_weighting"]),

@@ -54,3 +54,22 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     full_env.pop("RAY_ADDRESS", None)
     return subprocess.run([sys.executable, "-m", "medsweep.run", *args], cwd=cwd or ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def wandb_env(base: Path) -> dict:
+    """Keep every file wandb writes (settings, caches, artifact staging) under `base`."""
+    return {"WANDB_MODE": "offline", "WANDB_CONFIG_DIR": str(base / "config"), "WANDB_CACHE_DIR": str(base / "cache"),
+            "WANDB_DATA_DIR": str(base / "data"), "WANDB_DIR": str(base / "dir")}
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory):
+    """One real `+sweep=smoke tracker=wandb` run (W&B offline, no API key), shared by the sweep,
+    promotion and tracking tests: (run dir, wandb base folder, finished process)."""
+    base = tmp_path_factory.mktemp("smoke")
+    run_dir = base / "run"
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("WANDB_API_KEY", raising=False)  # no key: offline must not need one
+        proc = run_cli("+sweep=smoke", "tracker=wandb", f"hydra.run.dir={run_dir}", env=wandb_env(base), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir, base, proc

@@ -6,7 +6,7 @@ import pytest
 
 from medsweep import audit, data
 from medsweep.config import ConfigError, validate
-from tests.conftest import compose_config
+from tests.conftest import SHARED_DATA, compose_config
 
 
 def one_hot(preds, num_classes=3):
@@ -92,3 +92,60 @@ def test_a_missing_group_column_is_a_one_line_config_error(tmp_path):
     assert "\n" not in str(error.value)
     with pytest.raises(ConfigError, match="must not contain the text or label column"):
         validate(compose_config(["data=csv", f"data.path={path}", "data.group_columns=[label]"]))
+
+
+def test_worst_group_is_the_lowest_group_of_any_column_ignoring_tiny_groups():
+    # Same rows as the hand computation above, plus a second column that splits them differently.
+    labels = np.array([0] * 4 + [1] * 4 + [2] * 4 + [0] * 5 + [1] * 5 + [0, 1, 2])
+    probs = one_hot([0] * 4 + [1, 1, 0, 0] + [2] * 4 + [0] * 10 + [1, 2, 0])
+    site = np.array(["A"] * 12 + ["B"] * 10 + ["C"] * 3)
+    worst = audit.worst_group(labels, probs, {"site": site})
+    # B is worst on both (accuracy 0.5, macro-F1 over its two classes 1/3); C (3 rows, all wrong) is ignored.
+    assert worst == {"worst_group_accuracy": pytest.approx(0.5), "worst_group_f1_macro": pytest.approx(1 / 3)}
+    # A second column's group can be worse: rows 0-5 and 12-16 (all predicted 0) as one group of 11.
+    shift = np.array(["x"] * 6 + ["y"] * 6 + ["x"] * 5 + ["y"] * 8)
+    assert audit.worst_group(labels, probs, {"site": site, "shift": shift})["worst_group_accuracy"] == pytest.approx(
+        min(0.5, np.mean(probs[shift == "x"].argmax(1) == labels[shift == "x"]),
+            np.mean(probs[shift == "y"].argmax(1) == labels[shift == "y"])))
+    # No group large enough (a small validation split): every group counts.
+    assert audit.worst_group(labels[-3:], probs[-3:], {"site": site[-3:]})["worst_group_accuracy"] == 0.0
+
+
+def test_a_sweep_can_optimise_the_worst_group(tmp_path, monkeypatch):
+    from medsweep import sweep, trial
+    from tests.conftest import TINY
+
+    path = tmp_path / "notes.csv"
+    rows = pd.read_csv(SHARED_DATA / "medical_abstracts" / "medical_tc_test.csv").head(200)
+    rows["site"] = np.array(["north", "south"])[np.arange(len(rows)) % 2]
+    # A copy of the label as a group column: if predictions and group values were out of step
+    # (the Trainer may reorder evaluation batches), a group would no longer hold a single label.
+    rows["copy"] = rows["condition_label"]
+    rows.to_csv(path, index=False)
+    overrides = TINY + ["data=csv", f"data.path={path}", "data.text_column=medical_abstract",
+                        "data.label_column=condition_label", "trainer.epochs=1", "trainer.eval_every_steps=3"]
+    with pytest.raises(ConfigError, match="needs data.group_columns"):
+        sweep.check_metric_names(compose_config(overrides + ["sweep.metric=val_worst_group_f1_macro"]))
+    config = compose_config(overrides + ["data.group_columns=[site,copy]", "sweep.metric=val_worst_group_f1_macro"],
+                            run_dir=tmp_path)
+    sweep.check_metric_names(config, 5)
+    splits = data.load_splits(config["data"])
+    scored = []
+    real = trial.compute_metrics
+
+    def spy(prediction, groups=None):
+        scores = real(prediction, groups)
+        scored.append((prediction.label_ids, groups, scores))
+        return scores
+
+    monkeypatch.setattr(trial, "compute_metrics", spy)
+    result = trial.run_trial(config)
+    assert len(result["history"]) == len(scored) >= 2
+    for (label_ids, groups, scores), report in zip(scored, result["history"]):
+        assert len(label_ids) == len(groups["copy"]) == len(splits.validation)
+        assert all(len(set(label_ids[groups["copy"] == value])) == 1 for value in set(groups["copy"]))
+        assert sorted(groups["site"]) == sorted(splits.validation[data.GROUP_PREFIX + "site"])
+        assert report["val_worst_group_f1_macro"] == pytest.approx(scores["worst_group_f1_macro"])
+        # The two sites are large, so the worst group is at most the overall (their weighted mean).
+        assert report["val_worst_group_accuracy"] <= report["val_accuracy"] + 1e-9
+    assert result["best"]["val_worst_group_f1_macro"] == max(r["val_worst_group_f1_macro"] for r in result["history"])

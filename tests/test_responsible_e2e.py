@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 
 from medsweep import audit, data
-from tests.conftest import SHARED_DATA, TINY, compose_config, run_cli
-from tests.test_tracking import wandb_env
+from tests.conftest import SHARED_DATA, TINY, compose_config, run_cli, wandb_env
 
 # Identifiers injected into every other note; none may appear in any file the run writes.
 IDENTIFIERS = "Seen by Dr. Zebulon Quartermain on 03/14/2021, MRN: 88412093, tel 617-555-0134, zq.feather@example.org."
