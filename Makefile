@@ -14,7 +14,7 @@ install: ## Create $(VENV) and install medsweep with the CPU torch wheel and tes
 	$(VENV)/bin/pip install torch==2.13.0
 	$(VENV)/bin/pip install -e ".[dev]"
 
-test: ## Run the test suite (minutes; slow tests excluded)
+test: ## Run the test suite (~9 min on 2 cores; slow tests excluded)
 	$(PYTHON) -m pytest -q
 
 test-slow: ## Run only the slow tests (real MiniLM sweeps; tens of minutes)
@@ -23,7 +23,7 @@ test-slow: ## Run only the slow tests (real MiniLM sweeps; tens of minutes)
 smoke: ## Whole path on a tiny random model in well under a minute
 	$(PYTHON) -m medsweep.run +sweep=smoke
 
-sweep: ## The default LoRA sweep on the embedded MiniLM + Medical Abstracts (~12 min on 2 cores)
+sweep: ## The default LoRA sweep on the embedded MiniLM + Medical Abstracts (~20 min on 2 cores)
 	$(PYTHON) -m medsweep.run +sweep=lr_lora
 
 clean: ## Remove run outputs and caches (not the venv)

@@ -5,7 +5,7 @@ the promoted model's test metrics, then fit TF-IDF (1-2 grams, sublinear tf, min
 on the very same training split (the rows the sweep trained on, and the whole training split) and
 score it on the same test split.
 
-    python experiments/accuracy.py                                   # shipped lr_lora, both data sets
+    python experiments/accuracy.py          # shipped +sweep=lr_lora (Medical Abstracts), +sweep=pubmedqa
     python experiments/accuracy.py --datasets medical_abstracts \\
         --overrides "data.max_train_samples=null trainer.epochs=3"    # scaled up
 
@@ -31,7 +31,7 @@ from sklearn.svm import LinearSVC
 from medsweep import data
 
 ROOT = Path(__file__).resolve().parents[1]
-SWEEP_FOR = {"medical_abstracts": "lr_lora", "pubmedqa": "lr_lora"}
+SWEEP_FOR = {"medical_abstracts": "lr_lora", "pubmedqa": "pubmedqa"}
 
 
 def texts(frame) -> list[str]:
@@ -62,7 +62,7 @@ def run_sweep(dataset: str, sweep: str, overrides: list[str], run_dir: Path) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=list(SWEEP_FOR))
-    parser.add_argument("--sweep", default=None, help="sweep config to use for every data set (default: lr_lora)")
+    parser.add_argument("--sweep", default=None, help="sweep config for every data set (default: lr_lora for medical_abstracts, pubmedqa for pubmedqa)")
     parser.add_argument("--overrides", default="", help="extra Hydra overrides, quoted")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "accuracy"), help="where the run dirs go")
     args = parser.parse_args()
@@ -76,7 +76,7 @@ def main() -> None:
         assert splits.fingerprints == metrics["data_fingerprints"], "baseline must see the sweep's splits"
         full = data.load_splits(dict(config["data"], max_train_samples=None))
         test = metrics["test"]
-        ci = metrics.get("test_ci", {})
+        ci = metrics.get("test_ci", {}).get("intervals", {})
 
         def with_ci(name):
             low_high = ci.get(name)
@@ -84,8 +84,10 @@ def main() -> None:
 
         rows.append((dataset, f"medsweep {config['sweep']['name']} ({len(splits.train)} train, {seconds / 60:.0f} min)",
                      with_ci("test_accuracy"), with_ci("test_f1_macro")))
-        for label, train in ((f"TF-IDF + LinearSVC ({len(splits.train)} train)", splits.train),
-                             (f"TF-IDF + LinearSVC ({len(full.train)} train)", full.train)):
+        baselines = [(f"TF-IDF + LinearSVC ({len(splits.train)} train)", splits.train)]
+        if len(full.train) > len(splits.train):  # the sweep trained on a subset: also the whole split
+            baselines.append((f"TF-IDF + LinearSVC ({len(full.train)} train)", full.train))
+        for label, train in baselines:
             scores = tfidf_svm(train, splits.test)
             rows.append((dataset, label, f"{scores['accuracy']:.3f}", f"{scores['f1_macro']:.3f}"))
         majority = np.bincount(splits.train["label"]).argmax()

@@ -3,6 +3,11 @@ Ray, the trial in a Ray actor with a checkpoint per evaluation, the leaderboard;
 tracking off) vs a bare HF Trainer run of the same config in this process (same data, model,
 training arguments, evaluations; no checkpoints).
 
+Where the difference goes: a third run, medsweep's own trial function in this process without Ray
+(`run_trial` with a checkpoint per evaluation, copied to a storage folder as Ray would), separates
+what the trial itself adds from what Ray adds; timers around `ray.init`, the preflight and the
+leaderboard/report step split the rest.
+
     python experiments/bench_overhead.py --quick    # ~5 min on 2 cores
     python experiments/bench_overhead.py            # ~10 min
 
@@ -13,8 +18,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 import tempfile
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import ray
 import torch
@@ -23,7 +31,7 @@ from transformers import DataCollatorWithPadding, Trainer
 from medsweep import data
 from medsweep.config import MedsweepConfig
 from medsweep.model import build_model, load_tokenizer
-from medsweep.trial import compute_metrics, quiet_libraries, tokenize, training_arguments
+from medsweep.trial import compute_metrics, quiet_libraries, run_trial, tokenize, training_arguments
 
 
 def make_config(run_dir: str, train_samples: int, epochs: int) -> dict:
@@ -54,14 +62,47 @@ def bare_trainer(config: dict) -> float:
     return time.time() - started
 
 
-def through_medsweep(config: dict) -> float:
-    from medsweep.run import execute
-
+def trial_without_ray(config: dict) -> float:
+    """medsweep's trial function in this process: what the Ray actor runs, minus Ray."""
     started = time.time()
-    execute(config)
+    with tempfile.TemporaryDirectory() as storage:
+        def persist(metrics: dict, checkpoint_dir: Path) -> None:
+            # Ray's Checkpoint.from_directory + tune.report copy the checkpoint into the run's storage.
+            shutil.copytree(checkpoint_dir, Path(storage) / f"checkpoint_{metrics['evaluation']:06d}")
+
+        run_trial(config, on_evaluation=persist)
+    return time.time() - started
+
+
+@contextmanager
+def timed(module, name: str, seconds: dict):
+    """Wrap module.name so each call's wall time adds to seconds[name]."""
+    original = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        started = time.time()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            seconds[name] = seconds.get(name, 0.0) + time.time() - started
+
+    setattr(module, name, wrapper)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
+def through_medsweep(config: dict) -> tuple[float, dict]:
+    from medsweep import run, sweep
+
+    seconds: dict = {}
+    started = time.time()
+    with timed(sweep, "preflight", seconds), timed(sweep, "init_ray", seconds), timed(run, "publish", seconds):
+        run.execute(config)
     elapsed = time.time() - started
     ray.shutdown()
-    return elapsed
+    return elapsed, seconds
 
 
 def main() -> None:
@@ -73,10 +114,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as run_dir:
         config = make_config(run_dir, samples, epochs)
         bare = bare_trainer(config)
-        ours = through_medsweep(config)
+        trial = trial_without_ray(config)
+        ours, parts = through_medsweep(config)
+    ray_rest = ours - trial - sum(parts.values())
     print(f"one MiniLM trial, {samples} samples x {epochs} epoch(s), full fine-tune, 2 CPU threads")
-    print(f"bare Trainer      {bare:7.1f} s")
-    print(f"medsweep (Ray)    {ours:7.1f} s   overhead {ours - bare:+.1f} s")
+    print(f"bare Trainer                  {bare:7.1f} s")
+    print(f"medsweep trial, no Ray        {trial:7.1f} s   {trial - bare:+6.1f} s  (checkpoint per evaluation, "
+          "sorted evaluation, per-trial data load)")
+    print(f"medsweep (Ray)                {ours:7.1f} s   {ours - bare:+6.1f} s  in all, of which:")
+    print(f"  preflight (data + config)   {parts.get('preflight', 0.0):7.1f} s")
+    print(f"  ray.init (local cluster)    {parts.get('init_ray', 0.0):7.1f} s")
+    print(f"  leaderboard + report        {parts.get('publish', 0.0):7.1f} s")
+    print(f"  Tune: actor start, reports  {ray_rest:7.1f} s  (the rest, over the no-Ray trial)")
     print(f"ratio={ours / bare:.2f}")
 
 

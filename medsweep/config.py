@@ -127,6 +127,9 @@ class ClusterConfig:
     gpus_per_trial: float = 0.0
     # Where Ray keeps trial results and checkpoints (null: <run dir>/ray).
     storage_path: Optional[str] = None
+    # Run the next trial in the worker process the last one left (same resources), instead of a fresh
+    # process that imports torch and transformers again: ~10 s saved per trial on a 2-core machine.
+    reuse_actors: bool = True
 
 
 @dataclass

@@ -229,6 +229,7 @@ def rerun_with_seeds(config: dict, candidates: list[Candidate], seeds: list[int]
     """
     from ray import tune
 
+    from medsweep.progress import CompactReporter
     from medsweep.sweep import init_ray
 
     sweep, cluster = config["sweep"], config["cluster"]
@@ -241,14 +242,15 @@ def rerun_with_seeds(config: dict, candidates: list[Candidate], seeds: list[int]
     )
     # One grid point per (candidate trial id, seed); seed_runs.csv lists each candidate's hyperparameters.
     param_space = {"candidate": tune.grid_search(list(by_id)), "seed": tune.grid_search(list(seeds))}
-    reporter = tune.CLIReporter(parameter_columns={"candidate": "candidate", "seed": "seed"},
+    reporter = CompactReporter(parameter_columns={"candidate": "candidate", "seed": "seed"},
                                 metric_columns={sweep["metric"]: sweep["metric"], "evaluation": "evals"},
                                 max_report_frequency=30, max_progress_rows=20, max_error_rows=5)
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(metric=sweep["metric"], mode=sweep["mode"], num_samples=1,
-                                    max_concurrent_trials=sweep["max_concurrent"]),
+                                    max_concurrent_trials=sweep["max_concurrent"],
+                                    reuse_actors=cluster["reuse_actors"]),
         run_config=tune.RunConfig(
             name="seeds",
             storage_path=cluster["storage_path"] or str(run_dir / "ray"),

@@ -258,6 +258,7 @@ def run_sweep(config: dict, space: dict, num_train: int, trainable_fn=tune_trial
             num_samples=sweep["num_trials"],
             max_concurrent_trials=sweep["max_concurrent"] if isinstance(searcher, Searcher) else None,
             search_alg=searcher, scheduler=build_scheduler(config, num_train),
+            reuse_actors=cluster["reuse_actors"],
         ),
         run_config=tune.RunConfig(
             name=EXPERIMENT_NAME,

@@ -93,3 +93,28 @@ def test_single_run_without_sweep_is_one_trial_through_the_same_path(tmp_path):
     rows = list(csv.DictReader(open(run_dir / "leaderboard.csv")))
     assert len(rows) == 1 and rows[0]["status"] == "completed"
     assert (run_dir / "promoted" / "metrics.json").exists()
+
+
+def test_trials_reuse_one_worker_process_and_each_starts_fresh(tmp_path):
+    # cluster.reuse_actors (default): three trials through one slot run in one worker process, so
+    # torch and transformers are imported once; each trial must still train from its own start.
+    import ray
+
+    from medsweep import sweep
+
+    config = compose_config(TINY + ["+sweep=smoke", "sweep.num_trials=3", "sweep.max_concurrent=1",
+                                    "sweep.scheduler=none", "cluster.num_cpus=1", "trainer.epochs=2",
+                                    "data.max_train_samples=48", "data.max_eval_samples=40"], run_dir=tmp_path)
+    space, splits = sweep.preflight(config)
+    try:
+        results = sweep.run_sweep(config, space, num_train=len(splits.train))
+    finally:
+        ray.shutdown()
+    assert len(results) == 3 and all(r.error is None for r in results)
+    assert len({r.metrics["pid"] for r in results}) == 1
+    for result in results:
+        history = result.metrics_dataframe
+        assert history["evaluation"].tolist() == [1, 2]
+        assert history["step"].tolist() == [3, 6]  # 48 rows / batch 16 per epoch, from step 0
+    # Different sampled learning rates, so three different trainings, not one repeated.
+    assert len({r.config["trainer"]["learning_rate"] for r in results}) == 3
