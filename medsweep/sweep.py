@@ -157,7 +157,7 @@ def build_searcher(config: dict, space: dict):
         import optuna
 
         # TPE seeded: the same sweep proposes the same trials (up to Ray's scheduling order).
-        sampler = optuna.samplers.TPESampler(seed=sweep["seed"])
+        sampler = optuna.samplers.TPESampler(seed=sweep["seed"], n_startup_trials=startup_trials(sweep))
         targets = objectives(sweep)
         if len(targets) > 1:
             # Multi-objective: Ray's OptunaSearch takes the lists itself (not TuneConfig) and tells
@@ -170,6 +170,14 @@ def build_searcher(config: dict, space: dict):
     # Tune ignores TuneConfig.max_concurrent_trials for this generator: it takes the limit itself.
     return BasicVariantGenerator(random_state=sweep["seed"], points_to_evaluate=nested or None,
                                  max_concurrent=sweep["max_concurrent"])
+
+
+def startup_trials(sweep: dict) -> int:
+    """How many random trials TPE takes before it models the results: sweep.startup_trials, or a
+    third of the budget (2 to 10), so that a small sweep still gets guided trials."""
+    if sweep["startup_trials"] is not None:
+        return sweep["startup_trials"]
+    return min(10, max(2, sweep["num_trials"] // 3))
 
 
 def max_evaluations(config: dict, num_train: int) -> int:

@@ -78,3 +78,35 @@ def test_every_shipped_sweep_space_builds():
         config = compose_config([f"+sweep={path.stem}"])
         space = build_search_space(config["sweep"]["search_space"], config)
         assert space, f"{path.name} has an empty search space"
+
+
+def _proposed_rates(num_trials: int, startup: int | None) -> list[float]:
+    """Learning rates the sweep's Optuna searcher proposes, fed a score that peaks at lr 1e-3, one trial
+    at a time as Tune would: the searcher exactly as the sweep builds it."""
+    import math
+
+    from medsweep.sweep import build_searcher
+
+    config = compose_config(["+sweep=smoke", f"sweep.num_trials={num_trials}", f"sweep.startup_trials={startup or 'null'}",
+                             "sweep.search_space.trainer.learning_rate.lower=1e-6",
+                             "sweep.search_space.trainer.learning_rate.upper=1e-1"])
+    space = build_search_space(config["sweep"]["search_space"], config)
+    searcher = build_searcher(config, space)
+    searcher.set_search_properties("val_f1_macro", "max", space)
+    rates = []
+    for i in range(num_trials):
+        rates.append(searcher.suggest(str(i))["trainer"]["learning_rate"])
+        searcher.on_trial_complete(str(i), {"val_f1_macro": -abs(math.log10(rates[-1] / 1e-3)), "training_iteration": 1})
+    return rates
+
+
+def test_small_sweeps_get_guided_trials_after_a_few_random_ones():
+    from medsweep.sweep import startup_trials
+
+    assert [startup_trials({"num_trials": n, "startup_trials": None}) for n in (1, 5, 9, 12, 90)] == [2, 2, 3, 4, 10]
+    assert startup_trials({"num_trials": 12, "startup_trials": 7}) == 7
+    # 9 trials: 3 random (seeded: the same as an all-random sweep's first 3), then TPE's own
+    # proposals. With Optuna's default of 10 random trials, all 9 would be random.
+    guided, all_random = _proposed_rates(9, None), _proposed_rates(9, 9)
+    assert guided[:3] == all_random[:3]
+    assert all(a != b for a, b in zip(guided[3:], all_random[3:]))
