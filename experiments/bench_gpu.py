@@ -86,7 +86,8 @@ def mfu(sizes: dict, batch: int, seq_len: int, steps: int, dtype: torch.dtype, p
 
 def throughput(common: list[str]) -> dict:
     """The same medsweep trial in fp32 and in bf16 (autocast), in this process, one after the other."""
-    rows = {dtype: benchmark_trial.main(MINILM + common + [f"model.dtype={dtype}"]) for dtype in ("float32", "bfloat16")}
+    gpu = [f"cluster.gpus_per_trial={1 if torch.cuda.is_available() else 0}"]
+    rows = {dtype: benchmark_trial.main(MINILM + common + gpu + [f"model.dtype={dtype}"]) for dtype in ("float32", "bfloat16")}
     fp32, bf16 = rows["float32"]["train_samples_per_second"], rows["bfloat16"]["train_samples_per_second"]
     print(f"medsweep trial, MiniLM: fp32 {fp32:.1f} samples/s, bf16 {bf16:.1f} samples/s")
     return {"fp32": rows["float32"], "bf16": rows["bfloat16"], "ratio": bf16 / fp32}
@@ -96,6 +97,7 @@ def sweep_samples(overrides: list[str]) -> tuple[int, float, int]:
     """Training samples of all trials of a whole sweep, its wall time, and its number of trials."""
     import ray
 
+    from medsweep.report import load_trials
     from medsweep.run import compose, execute
 
     with tempfile.TemporaryDirectory() as run_dir:
@@ -104,14 +106,12 @@ def sweep_samples(overrides: list[str]) -> tuple[int, float, int]:
         execute(config)
         seconds = time.time() - started
         ray.shutdown()
-        # Each trial's last report, from Ray's own result files: optimizer steps x effective batch (a
-        # short last batch counts as full: the same small overcount on both sides of a ratio).
-        trained, trials = 0, 0
-        for path in (Path(run_dir) / "ray" / "sweep").glob("*/result.json"):
-            last = [json.loads(line) for line in path.read_text().splitlines() if line.strip()][-1]
-            trained += last["step"] * last["batch_size"] * last["gradient_accumulation_steps"]
-            trials += 1
-    return trained, seconds, trials
+        trials = load_trials(Path(run_dir) / "ray" / "sweep")
+    # Each trial's last report: optimizer steps x effective batch (a short last batch counts as full:
+    # the same small overcount on both sides of a ratio).
+    last = [trial.history.iloc[-1] for trial in trials]
+    trained = sum(int(r["step"] * r["batch_size"] * r["gradient_accumulation_steps"]) for r in last)
+    return trained, seconds, len(trials)
 
 
 def packing(common: list[str], per_gpu: int) -> dict:
@@ -136,14 +136,13 @@ def main() -> None:
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     common = ["data.max_train_samples=1000", "data.max_eval_samples=200", "trainer.epochs=1", "trainer.max_length=512",
-              "trainer.batch_size=32", "trainer.eval_batch_size=64", f"cluster.gpus_per_trial={1 if cuda else 0}",
-              "cluster.cpus_per_trial=2"]
+              "trainer.batch_size=32", "trainer.eval_batch_size=64", "cluster.cpus_per_trial=2"]
     results = {}
     if args.part in ("throughput", "all"):
         results["throughput"] = throughput(common)
         print(f"throughput ratio (bf16 / fp32)={results['throughput']['ratio']:.2f}")
     if args.part in ("packing", "all"):
-        results["packing"] = packing([o for o in common if not o.startswith("cluster.gpus")], args.per_gpu)
+        results["packing"] = packing(common, args.per_gpu)
         print(f"packing ratio ({args.per_gpu} per GPU / 1 per GPU)={results['packing']['ratio']:.2f}")
     if args.part in ("mfu", "all"):
         peak = args.peak_tflops or (peak_tflops(torch.cuda.get_device_name()) if cuda else None)

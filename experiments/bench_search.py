@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -49,17 +48,16 @@ def make_config(run_dir: str, train_samples: int, epochs: int, trials: int) -> d
 
 def medsweep_search(config: dict) -> tuple[list[tuple[float, float]], float]:
     """[(seconds since the start, validation macro-F1) per evaluation], whole run time."""
+    from medsweep.report import load_trials
     from medsweep.run import execute
 
     started = time.time()
     execute(config)
     total = time.time() - started
     ray.shutdown()
-    reports = []
-    for path in (Path(config["run_dir"]) / "ray" / "sweep").glob("*/result.json"):
-        reports += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     # Ray's timestamps are whole seconds since the epoch; `started` is the same clock.
-    return [(r["timestamp"] - started, r["val_f1_macro"]) for r in reports], total
+    return [(row.timestamp - started, row.val_f1_macro) for trial in load_trials(Path(config["run_dir"]) / "ray" / "sweep")
+            for row in trial.history.itertuples()], total
 
 
 def hf_search(config: dict, trials: int) -> tuple[list[tuple[float, float]], float]:

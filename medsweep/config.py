@@ -128,7 +128,8 @@ class ClusterConfig:
     # Where Ray keeps trial results and checkpoints (null: <run dir>/ray).
     storage_path: Optional[str] = None
     # Run the next trial in the worker process the last one left (same resources), instead of a fresh
-    # process that imports torch and transformers again: ~10 s saved per trial on a 2-core machine.
+    # process that imports torch and transformers again (8 s saved per trial on 2 cores:
+    # experiments/bench_reuse.py).
     reuse_actors: bool = True
 
 

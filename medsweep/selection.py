@@ -243,8 +243,8 @@ def rerun_with_seeds(config: dict, candidates: list[Candidate], seeds: list[int]
     # One grid point per (candidate trial id, seed); seed_runs.csv lists each candidate's hyperparameters.
     param_space = {"candidate": tune.grid_search(list(by_id)), "seed": tune.grid_search(list(seeds))}
     reporter = CompactReporter(parameter_columns={"candidate": "candidate", "seed": "seed"},
-                                metric_columns={sweep["metric"]: sweep["metric"], "evaluation": "evals"},
-                                max_report_frequency=30, max_progress_rows=20, max_error_rows=5)
+                               metric_columns={sweep["metric"]: sweep["metric"], "evaluation": "evals"},
+                               max_report_frequency=30, max_progress_rows=20, max_error_rows=5)
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
