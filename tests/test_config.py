@@ -68,6 +68,7 @@ def test_wrong_type_is_an_error():
     ("trainer.class_weighting=inverse", "trainer.class_weighting must be one of ('none', 'balanced')"),
     ("sweep.num_trials=0", "sweep.num_trials must be >= 1"),
     ("sweep.mode=maximum", "sweep.mode must be one of"),
+    ("sweep.startup_trials=0", "sweep.startup_trials must be >= 1 or null, got 0"),
     ("sweep.metrics=[val_f1_macro,val_ece]", "sweep.metrics and sweep.modes must have the same length"),
     ("promote.top_k=0", "promote.top_k must be >= 1"),
     ("promote.seeds=[1,42]", "must not contain trainer.seed (42)"),
