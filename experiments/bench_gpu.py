@@ -97,7 +97,7 @@ def sweep_samples(overrides: list[str]) -> tuple[int, float, int]:
     """Training samples of all trials of a whole sweep, its wall time, and its number of trials."""
     import ray
 
-    from medsweep.report import load_trials
+    from medsweep.reporting.report import load_trials
     from medsweep.run import compose, execute
 
     with tempfile.TemporaryDirectory() as run_dir:

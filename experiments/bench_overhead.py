@@ -30,8 +30,9 @@ from transformers import DataCollatorWithPadding, Trainer
 
 from medsweep import data
 from medsweep.config import MedsweepConfig
-from medsweep.model import build_model, load_tokenizer
-from medsweep.trial import compute_metrics, quiet_libraries, run_trial, tokenize, training_arguments
+from medsweep.training.model import build_model, load_tokenizer
+from medsweep.hf import quiet_libraries
+from medsweep.training.trial import compute_metrics, run_trial, tokenize, training_arguments
 
 
 def make_config(run_dir: str, train_samples: int, epochs: int) -> dict:
@@ -94,7 +95,8 @@ def timed(module, name: str, seconds: dict):
 
 
 def through_medsweep(config: dict) -> tuple[float, dict]:
-    from medsweep import run, sweep
+    from medsweep import run
+    from medsweep.search import sweep
 
     seconds: dict = {}
     started = time.time()

@@ -18,7 +18,7 @@ import time
 
 import ray
 
-from medsweep import sweep
+from medsweep.search import sweep
 from medsweep.run import compose
 
 

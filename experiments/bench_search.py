@@ -24,8 +24,9 @@ from transformers import DataCollatorWithPadding, Trainer
 
 from medsweep import data
 from medsweep.config import MedsweepConfig
-from medsweep.model import build_model, load_tokenizer
-from medsweep.trial import compute_metrics, quiet_libraries, tokenize, training_arguments
+from medsweep.training.model import build_model, load_tokenizer
+from medsweep.hf import quiet_libraries
+from medsweep.training.trial import compute_metrics, tokenize, training_arguments
 
 TARGETS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 SPACE = {"trainer": {"learning_rate": {"type": "loguniform", "lower": 1e-5, "upper": 5e-4},
@@ -48,7 +49,7 @@ def make_config(run_dir: str, train_samples: int, epochs: int, trials: int) -> d
 
 def medsweep_search(config: dict) -> tuple[list[tuple[float, float]], float]:
     """[(seconds since the start, validation macro-F1) per evaluation], whole run time."""
-    from medsweep.report import load_trials
+    from medsweep.reporting.report import load_trials
     from medsweep.run import execute
 
     started = time.time()

@@ -20,7 +20,7 @@ import statistics
 
 import optuna
 
-from medsweep.sweep import startup_trials
+from medsweep.search.sweep import startup_trials
 
 
 def best_distance(trials: int, startup: int, seed: int) -> float:

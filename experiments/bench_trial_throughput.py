@@ -29,9 +29,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trai
 
 from medsweep import data
 from medsweep.config import MedsweepConfig
-from medsweep.metrics import classification_metrics, softmax
-from medsweep.model import resolve
-from medsweep.trial import quiet_libraries, run_trial
+from medsweep.evaluation.metrics import classification_metrics, softmax
+from medsweep.hf import resolve_model as resolve
+from medsweep.hf import quiet_libraries
+from medsweep.training.trial import run_trial
 
 MAX_LENGTH, BATCH, LR, SEED = 512, 8, 5e-5, 42
 

@@ -39,7 +39,7 @@ def build_random_base(shape: str) -> Path:
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from medsweep.model import cache_dir, resolve
+    from medsweep.hf import cache_dir, resolve_model as resolve
 
     target = cache_dir() / f"random-{shape}"
     if (target / "config.json").exists():
@@ -67,8 +67,8 @@ def main(argv: list[str]) -> dict:
     args, overrides = parser.parse_known_args(argv)
 
     from medsweep.config import ConfigError
-    from medsweep.sweep import preflight
-    from medsweep.trial import run_trial
+    from medsweep.search.sweep import preflight
+    from medsweep.training.trial import run_trial
 
     if args.random_base:
         overrides.append(f"model.name_or_path={build_random_base(args.random_base)}")

@@ -142,7 +142,7 @@ class SweepConfig:
     mode: str = "max"
     # Multi-objective (optional): e.g. metrics [val_f1_macro, val_ece], modes [max, min]. When set,
     # metrics[0]/modes[0] replace metric/mode as the primary objective (ASHA, checkpoints, leaderboard)
-    # and Optuna optimises all of them; see medsweep/selection.py for how one model is promoted.
+    # and Optuna optimises all of them; see medsweep/search/ranking.py and seeds.py for how one model is promoted.
     metrics: List[str] = field(default_factory=list)
     modes: List[str] = field(default_factory=list)
     seed: int = 0

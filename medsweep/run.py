@@ -7,7 +7,6 @@ hands that to the stages. Order: check everything -> sweep -> promote -> summary
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import os
 import sys
@@ -51,46 +50,63 @@ def execute(config: dict, on_checked: Optional[Callable[[], None]] = None) -> di
 
     `on_checked` runs once every check has passed, before anything is written to the run dir.
     """
-    from medsweep import data, selection, sweep
-    from medsweep.imbalance import max_training_rows
-    from medsweep.promote import promote_checkpoint
+    from medsweep import data
+    from medsweep.reporting import tracking
+    from medsweep.search import ranking, seeds, sweep
+    from medsweep.training.imbalance import max_training_rows
 
     run_dir = Path(config["run_dir"])
     started = time.time()
     space, splits = sweep.preflight(config)
+    tracking.check(config)
     if on_checked is not None:
         on_checked()
     print("[medsweep] " + data.describe(splits.summary), flush=True)
     sweep.write_json(run_dir / "data_summary.json", splits.summary)
 
-    results = sweep.run_sweep(config, space, num_train=max_training_rows(splits.train, config))
+    trackers = tracking.trial_callbacks(config)
+    try:
+        results = sweep.run_sweep(config, space, num_train=max_training_rows(splits.train, config), callbacks=trackers)
+    finally:
+        tracking.finish_callbacks(trackers)  # an interrupted sweep still closes its tracker runs
     if not config["promote"]["enabled"]:
-        selection.rank_sweep(results, config)  # still writes a multi-objective sweep's Pareto front
+        ranking.rank_sweep(results, config)  # still writes a multi-objective sweep's Pareto front
         publish(config, run_dir)
         return {}
-    chosen = selection.choose(results, config)
-    provenance = chosen.provenance(config)
-    with chosen.run.checkpoint.as_directory() as checkpoint_dir:
-        promoted = promote_checkpoint(checkpoint_dir, run_dir, provenance)
-    report = json.loads((promoted / "metrics.json").read_text())
-    metric = config["sweep"]["metric"]
+    report = promote(seeds.choose(results, config), config)
+    print(f"[medsweep] {len(results)} trial(s) in {time.time() - started:.0f}s; " + summary_line(report), flush=True)
     test, ci = report["test"], report["test_ci"]["intervals"]
-    seeds = report["seed_robustness"]
-    spread = (f"; over seeds {seeds['seeds']}: {seeds['mean']:.4f} ± {seeds['std']:.4f}"
-              if len(seeds["seeds"]) > 1 else "")
-    print(f"[medsweep] {len(results)} trial(s) in {time.time() - started:.0f}s; promoted {metric}="
-          f"{report['validation'][metric]:.4f} (trial {provenance['trial_id']}, seed {provenance['selection']['promoted_seed']}, "
-          f"step {report['validation']['step']}){spread}", flush=True)
-    print(f"[medsweep] promoted model: {promoted} ({report['version']})  test macro-F1={test['test_f1_macro']:.4f} "
+    print(f"[medsweep] promoted model: {run_dir / 'promoted'} ({report['version']})  test macro-F1={test['test_f1_macro']:.4f} "
           f"[{ci['test_f1_macro'][0]:.3f}, {ci['test_f1_macro'][1]:.3f}] AUROC={test['test_auroc']:.4f} "
           f"accuracy={test['test_accuracy']:.4f} ECE={test['test_ece']:.4f}", flush=True)
     publish(config, run_dir)
     return report
 
 
+def promote(chosen, config: dict) -> dict:
+    """Promote the chosen run's kept checkpoint; returns its metrics.json."""
+    from medsweep.release import layout
+    from medsweep.release.promote import promote_checkpoint
+
+    with chosen.run.checkpoint.as_directory() as checkpoint_dir:
+        promoted = promote_checkpoint(checkpoint_dir, Path(config["run_dir"]), chosen.provenance(config))
+    return layout.read_metrics(promoted)
+
+
+def summary_line(report: dict) -> str:
+    """What was promoted, in one line: the validation value, trial, seed, step, and the seed spread."""
+    metric = report["metric"]
+    robustness = report["seed_robustness"]
+    spread = (f"; over seeds {robustness['seeds']}: {robustness['mean']:.4f} ± {robustness['std']:.4f}"
+              if len(robustness["seeds"]) > 1 else "")
+    return (f"promoted {metric}={report['validation'][metric]:.4f} (trial {report['trial_id']}, seed "
+            f"{report['selection']['promoted_seed']}, step {report['validation']['step']}){spread}")
+
+
 def publish(config: dict, run_dir: Path) -> None:
     """The sweep report and the tracker's sweep run, after the results are safe on disk."""
-    from medsweep import report, tracking
+    from medsweep.reporting import report
+    from medsweep.reporting import tracking
 
     report_dir = None
     try:

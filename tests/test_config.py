@@ -7,7 +7,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from medsweep.config import ConfigError, validate
-from medsweep.sweep import preflight
+from medsweep.search.sweep import preflight
 from tests.conftest import CONF, compose_config, run_cli
 
 GROUPS = ["model", "data", "trainer", "tracker", "cluster"]

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medsweep import audit, data
+from medsweep.evaluation import subgroups
+from medsweep import data
 from tests.conftest import SHARED_DATA, TINY, compose_config, run_cli, wandb_env
 
 # Identifiers injected into every other note; none may appear in any file the run writes.
@@ -40,24 +41,24 @@ def run(tmp_path_factory):
 def test_subgroup_metrics_match_the_test_predictions(run):
     _, run_dir, config, _ = run
     report = json.loads((run_dir / "promoted" / "metrics.json").read_text())
-    subgroups = report["subgroups"]
-    assert set(subgroups["columns"]) == {"site", "sex"}
+    audit = report["subgroups"]
+    assert set(audit["columns"]) == {"site", "sex"}
     predictions = np.load(run_dir / "promoted" / "test_predictions.npz")
     labels, preds = predictions["labels"], predictions["probs"].argmax(axis=1)
-    groups = audit.group_columns(data.load_splits(config["data"]).test)
+    groups = subgroups.group_columns(data.load_splits(config["data"]).test)
     gaps = []
-    for column, entry in subgroups["columns"].items():
+    for column, entry in audit["columns"].items():
         values = groups[column]
         assert sum(g["n"] for g in entry["groups"].values()) == len(labels) == report["data_summary"]["split_sizes"]["test"]
         for value, scores in entry["groups"].items():
             rows = values == value
             assert scores["n"] == rows.sum()
             assert scores["accuracy"] == pytest.approx(np.mean(labels[rows] == preds[rows]))
-        for metric in audit.AUDIT_METRICS:
+        for metric in subgroups.AUDIT_METRICS:
             per_group = [g[metric] for g in entry["groups"].values()]
             gaps.append((max(per_group) - min(per_group), column, metric))
     difference, column, metric = max(gaps)
-    gap = subgroups["largest_gap"]
+    gap = audit["largest_gap"]
     assert (gap["column"], gap["metric"]) == (column, metric) and gap["difference"] == pytest.approx(difference)
 
     card = (run_dir / "promoted" / "README.md").read_text()

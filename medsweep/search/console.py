@@ -1,0 +1,98 @@
+"""The live console of a sweep: a one-line header and a compact trial table, printed by the driver.
+
+Built on Ray Tune's public ProgressReporter interface from what each trial already carries (its
+status, sampled config and last reported result), not from Ray's own table code: Ray's CLIReporter
+puts seven lines above its table (scheduler brackets, resources, the best trial with every parameter
+at full float precision, a "Result logdir" under /tmp/ray that is not where the results are) and
+its table helpers are private.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections import Counter
+
+from ray.tune import ProgressReporter
+
+from medsweep.markdown import short
+from medsweep.search.leaderboard import error_reason
+from medsweep.search.space import flatten_values
+
+
+def elapsed(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60:d}:{minutes % 60:02d}:{secs:02d}"
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Left-aligned columns, two spaces apart."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    return ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [header, *rows]]
+
+
+class SweepConsole(ProgressReporter):
+    """`parameters`: {config key ("trainer.learning_rate"): column title}; `metrics`:
+    {result key: column title}. Trials are listed best first by `metric`."""
+
+    def __init__(self, parameters: dict[str, str], metrics: dict[str, str], metric: str, mode: str,
+                 every_s: float = 30.0, max_rows: int = 20, max_errors: int = 5, stream=None):
+        self.parameters, self.metrics = parameters, metrics
+        self.metric, self.mode = metric, mode
+        self.every_s, self.max_rows, self.max_errors = every_s, max_rows, max_errors
+        self.stream = stream
+        self.start_time, self.total = time.time(), None
+        self.last_report = 0.0
+
+    def setup(self, start_time=None, total_samples=None, metric=None, mode=None, **kwargs):
+        self.start_time = start_time or self.start_time
+        self.total = total_samples
+
+    def should_report(self, trials, done: bool = False) -> bool:
+        return done or time.time() - self.last_report >= self.every_s
+
+    def value(self, trial):
+        value = (trial.last_result or {}).get(self.metric)
+        return value if isinstance(value, (int, float)) and not math.isnan(value) else None
+
+    def ranked(self, trials) -> list:
+        def key(trial):
+            value = self.value(trial)
+            return (value is None, 0.0 if value is None else (-value if self.mode == "max" else value))
+
+        return sorted(trials, key=key)
+
+    def header(self, trials) -> str:
+        counts = Counter(trial.status.lower() for trial in trials)
+        states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        total = f"/{self.total}" if self.total else ""
+        line = f"[medsweep] {elapsed(time.time() - self.start_time)}  trials {len(trials)}{total} ({states})"
+        best = next(iter(self.ranked(trials)), None)
+        if best is not None and self.value(best) is not None:
+            line += f"  current best {self.metric}={self.value(best):.4f} (trial {best.trial_id})"
+        return line
+
+    def rows(self, trials, done: bool) -> list[str]:
+        shown = self.ranked(trials) if done else self.ranked(trials)[:self.max_rows]
+        header = ["trial", "status", *self.parameters.values(), *self.metrics.values()]
+        rows = []
+        for trial in shown:
+            params = flatten_values(trial.config or {})
+            result = trial.last_result or {}
+            rows.append([trial.trial_id, trial.status, *(short(params.get(name)) for name in self.parameters),
+                         *(short(result.get(key)) for key in self.metrics)])
+        lines = text_table(header, rows)
+        if len(shown) < len(trials):
+            lines.append(f"... {len(trials) - len(shown)} more trial(s)")
+        return lines
+
+    def errors(self, trials, done: bool) -> list[str]:
+        failed = [t for t in trials if t.status == "ERROR"]
+        shown = failed if done else failed[:self.max_errors]
+        return [f"  error in trial {t.trial_id}: {error_reason(t)}" for t in shown]
+
+    def report(self, trials, done: bool, *sys_info: str):
+        self.last_report = time.time()
+        lines = [self.header(trials), *(self.rows(trials, done) if trials else []), *self.errors(trials, done)]
+        print("\n".join(lines) + "\n", file=self.stream or sys.stdout, flush=True)

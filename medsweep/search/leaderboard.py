@@ -1,0 +1,154 @@
+"""The local leaderboard: `<run dir>/leaderboard.csv` and `leaderboard.md`, rewritten as trials end.
+
+Ray calls this callback in the driver, so the files are written by one process only.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+
+from ray.tune import Callback
+
+from medsweep.evaluation.metrics import is_better
+from medsweep.markdown import short, table
+from medsweep.search.space import flatten_values
+
+SCORE_COLUMNS = ("val_f1_macro", "val_auroc", "val_accuracy")
+TEXT_COLUMNS = ("trial_id", "metric", "status", "error")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    # Readers (a dashboard, `watch cat`) never see a half-written table.
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def error_reason(trial) -> str:
+    """The exception's last line ("FloatingPointError: ... diverged"), from Ray's error record."""
+    def from_error():
+        return str(trial.get_error() or "")
+
+    def from_file():
+        return Path(trial.error_file).read_text() if trial.error_file else ""
+
+    for read in (from_error, from_file):
+        try:
+            lines = [line for line in read().strip().splitlines() if line.strip()]
+        except Exception:  # a missing or half-written record: try the next source
+            continue
+        if lines:
+            return lines[-1].strip()
+    return "unknown error"
+
+
+def _parse(text: str):
+    """Numbers back from a CSV cell, so that restored rows sort with new ones."""
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+class TrialResults(Callback):
+    """Per trial, as Ray reports: how many evaluations, the last result and the best one (by the
+    sweep's metric and mode). The base of the callbacks that summarise trials (this leaderboard,
+    the W&B trial runs in tracking.py)."""
+
+    def __init__(self, metric: str, mode: str):
+        self.metric, self.mode = metric, mode
+        self.best: dict[str, dict] = {}  # trial id -> best result so far
+        self.last: dict[str, dict] = {}
+        self.evaluations: dict[str, int] = {}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        tid = trial.trial_id
+        self.evaluations[tid] = self.evaluations.get(tid, 0) + 1
+        self.last[tid] = result
+        if tid not in self.best or is_better(result.get(self.metric), self.best[tid].get(self.metric), self.mode):
+            self.best[tid] = result
+
+    def end_status(self, trial_id: str) -> str:
+        """How a trial that ended without an error ended: its last evaluation was the final step, or ASHA stopped it."""
+        return "completed" if self.last.get(trial_id, {}).get("final", False) else "early_stopped"
+
+
+class Leaderboard(TrialResults):
+    def __init__(self, run_dir: str | Path, metric: str, mode: str, param_names: list[str]):
+        super().__init__(metric, mode)
+        self.run_dir = Path(run_dir)
+        self.param_names = param_names
+        self.rows: dict[str, dict] = {}  # finished trials only
+        self.load_existing()
+
+    # --- Ray Tune callback hooks -----------------------------------------------------------------
+    def setup(self, **info):
+        self.load_existing()
+
+    def load_existing(self) -> None:
+        """A resumed sweep keeps the rows of the trials that finished before it stopped."""
+        path = self.run_dir / "leaderboard.csv"
+        if not path.exists():
+            return
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                self.rows[row["trial_id"]] = {k: v if k in TEXT_COLUMNS else _parse(v) for k, v in row.items()}
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trial, self.end_status(trial.trial_id))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, "error", error_reason(trial)[:200])
+
+    # --- table -----------------------------------------------------------------------------------
+    def _finish(self, trial, status: str, error: str = "") -> None:
+        tid = trial.trial_id
+        best = self.best.get(tid, {})
+        params = flatten_values(trial.config)
+        row = {"trial_id": tid}
+        row.update({name: params.get(name) for name in self.param_names})
+        row.update({
+            "metric": self.metric,
+            "best_value": best.get(self.metric),
+            **{col: best.get(col) for col in SCORE_COLUMNS},
+            "best_step": best.get("step"),
+            "evaluations": self.evaluations.get(tid, 0),
+            "status": status,
+            "error": error,
+        })
+        self.rows[tid] = row
+        self.write()
+
+    def sorted_rows(self) -> list[dict]:
+        def key(row):
+            value = row["best_value"]
+            missing = value is None or (isinstance(value, float) and math.isnan(value))
+            return (missing, 0.0 if missing else (-value if self.mode == "max" else value))
+
+        return sorted(self.rows.values(), key=key)
+
+    def columns(self) -> list[str]:
+        return ["trial_id", *self.param_names, "metric", "best_value", *SCORE_COLUMNS, "best_step", "evaluations",
+                "status", "error"]
+
+    def write(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        rows = self.sorted_rows()
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.columns())
+        writer.writeheader()
+        writer.writerows(rows)
+        _atomic_write(self.run_dir / "leaderboard.csv", buffer.getvalue())
+
+        lines = [f"# Leaderboard ({self.metric}, {'higher' if self.mode == 'max' else 'lower'} is better)", "",
+                 *table(["rank", *self.columns()],
+                        [[rank, *(short(row[c]) for c in self.columns())] for rank, row in enumerate(rows, 1)])]
+        _atomic_write(self.run_dir / "leaderboard.md", "\n".join(lines) + "\n")

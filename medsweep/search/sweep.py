@@ -1,0 +1,299 @@
+"""The sweep: Ray Tune fans trials out, Optuna (TPE) proposes them, ASHA stops the weak ones early.
+
+A run without a search space is the same path with one trial.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+from pathlib import Path
+
+from medsweep import data
+from medsweep.config import ConfigError, validate
+from medsweep.evaluation.metrics import BINARY_METRIC_NAMES, METRIC_NAMES, PER_CLASS_F1, WORST_GROUP_METRIC_NAMES, metric_names
+from medsweep.search.ranking import objectives
+from medsweep.search.space import apply_overrides, build_search_space, check_points, flatten
+from medsweep.training.model import check_available, check_lora_targets
+from medsweep.training.precision import check_precision
+
+EXPERIMENT_NAME = "sweep"
+# Names a trial can report; which of them a task reports depends on its classes (metric_names):
+# binary tasks add sensitivity/specificity, and per-class F1 is val_f1_class_<index>.
+REPORTED_METRICS = tuple(f"val_{name}" for name in METRIC_NAMES + BINARY_METRIC_NAMES)
+# Environment every trial process gets: quiet, deterministic tokenizers, no HF telemetry.
+TRIAL_ENV = {
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DATASETS_VERBOSITY": "error",
+}
+
+
+def tune_trial(sampled: dict, base_config: dict) -> None:
+    """Ray Tune trainable: the sampled hyperparameters written into the base config, then a trial."""
+    import logging
+
+    from ray import tune
+
+    from medsweep.training.trial import run_trial
+
+    # Ray logs every persisted checkpoint at INFO: one line per evaluation per trial.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+
+    import ray
+
+    # Which node trained it: for operators reading a cluster sweep's results.
+    node_id = ray.get_runtime_context().get_node_id()
+
+    def report(metrics: dict, checkpoint_dir: Path) -> None:
+        tune.report(dict(metrics, node_id=node_id), checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+
+    config = apply_overrides(base_config, sampled)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        run_trial(config, on_evaluation=report)
+        return
+    # Ray restarted this trial (a failure with retries left, or a resumed sweep): continue from
+    # the last checkpoint it reported instead of training from scratch.
+    with checkpoint.as_directory() as directory:
+        run_trial(config, on_evaluation=report, resume_from=directory)
+
+
+def check_metric_names(config: dict, num_classes: int | None = None) -> None:
+    """Every objective must be a metric trials report (for this task, once its classes are known)."""
+    grouped = bool(config["data"]["group_columns"])
+    allowed = list(REPORTED_METRICS) + [f"val_{PER_CLASS_F1}<index>"]
+    for metric, _ in objectives(config["sweep"]):
+        if metric[len("val_"):] in WORST_GROUP_METRIC_NAMES and metric.startswith("val_"):
+            if not grouped:
+                raise ConfigError(f"sweep.metric {metric!r} needs data.group_columns (the groups to take the worst of)")
+            continue
+        known = metric in REPORTED_METRICS or metric.startswith(f"val_{PER_CLASS_F1}") and metric[len(f"val_{PER_CLASS_F1}"):].isdigit()
+        if not known:
+            raise ConfigError(f"sweep.metric {metric!r} is not reported by trials; choose one of {allowed}"
+                              + (f" or {['val_' + n for n in WORST_GROUP_METRIC_NAMES]}" if grouped else ""))
+        if num_classes is not None and metric[len("val_"):] not in metric_names(num_classes):
+            raise ConfigError(f"sweep.metric {metric!r} is not reported for a {num_classes}-class task; "
+                              f"it reports {['val_' + n for n in metric_names(num_classes, grouped)]}")
+
+
+def preflight(config: dict) -> tuple[dict, data.DataSplits]:
+    """Everything that can be checked before Ray starts. Raises ConfigError with one sentence."""
+    validate(config)
+    check_precision(config["model"], config["cluster"])
+    sweep = config["sweep"]
+    if sweep["metrics"]:
+        # The primary objective drives everything single-metric (ASHA, checkpoints, leaderboard).
+        sweep["metric"], sweep["mode"] = sweep["metrics"][0], sweep["modes"][0]
+    check_metric_names(config)
+    space = build_search_space(sweep["search_space"], config)
+    check_points(sweep["points_to_evaluate"], sweep["search_space"])
+    if sweep["num_trials"] > 1 and not space:
+        raise ConfigError("sweep.num_trials > 1 but sweep.search_space is empty: every trial would be the same")
+    cluster = config["cluster"]
+    if cluster["address"] is None:
+        cores = cluster["num_cpus"] or os.cpu_count() or 1
+        if cluster["cpus_per_trial"] > cores:
+            raise ConfigError(f"cluster.cpus_per_trial={cluster['cpus_per_trial']} but this machine has {cores} CPUs: no trial could start")
+    else:
+        check_reachable(cluster["address"])
+    check_available(config["model"]["name_or_path"], config["model"]["revision"])
+    check_lora_targets(config["model"], sweep["search_space"])
+    splits = data.load_splits(config["data"])
+    check_metric_names(config, len(splits.label_names))
+    return space, splits
+
+
+def check_reachable(address: str) -> None:
+    """A host:port that does not answer fails here in seconds, instead of ray.init hanging."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"cluster.address must be 'auto' or host:port, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cluster.address {address!r} cannot be reached: {exc}") from None
+
+
+def init_ray(cluster: dict) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    runtime_env = {"env_vars": TRIAL_ENV}
+    if cluster["address"] is None:
+        # address="local": always a fresh embedded Ray, even when RAY_ADDRESS (set by an earlier
+        # ray.init in this environment, or by a cluster shell) points elsewhere.
+        ray.init(address="local", num_cpus=cluster["num_cpus"], include_dashboard=False, runtime_env=runtime_env,
+                 configure_logging=True, logging_level="WARNING")
+    else:
+        try:
+            ray.init(address=cluster["address"], runtime_env=runtime_env, logging_level="WARNING")
+        except ConnectionError as exc:
+            raise ConfigError(f"cannot connect to the Ray cluster at {cluster['address']!r}: {exc}") from None
+
+
+def build_searcher(config: dict, space: dict):
+    from ray.tune.search import BasicVariantGenerator
+    from ray.tune.search.optuna import OptunaSearch
+    from ray.tune.utils.util import unflatten_dict
+
+    sweep = config["sweep"]
+    points = check_points(sweep["points_to_evaluate"], sweep["search_space"])
+    if space and sweep["searcher"] == "optuna":
+        import optuna
+
+        # TPE seeded: the same sweep proposes the same trials (up to Ray's scheduling order).
+        sampler = optuna.samplers.TPESampler(seed=sweep["seed"], n_startup_trials=startup_trials(sweep))
+        targets = objectives(sweep)
+        if len(targets) > 1:
+            # Multi-objective: Ray's OptunaSearch takes the lists itself (not TuneConfig) and tells
+            # Optuna each trial's last reported values.
+            return OptunaSearch(metric=[m for m, _ in targets], mode=[m for _, m in targets], sampler=sampler,
+                                points_to_evaluate=points or None)
+        return OptunaSearch(sampler=sampler, points_to_evaluate=points or None)
+    # The random searcher takes the points nested, as the param space is.
+    nested = [unflatten_dict(point, delimiter="/") for point in points]
+    # Tune ignores TuneConfig.max_concurrent_trials for this generator: it takes the limit itself.
+    return BasicVariantGenerator(random_state=sweep["seed"], points_to_evaluate=nested or None,
+                                 max_concurrent=sweep["max_concurrent"])
+
+
+def startup_trials(sweep: dict) -> int:
+    """How many random trials TPE takes before it models the results: sweep.startup_trials, or a
+    third of the budget (2 to 10), so that a small sweep still gets guided trials."""
+    if sweep["startup_trials"] is not None:
+        return sweep["startup_trials"]
+    return min(10, max(2, sweep["num_trials"] // 3))
+
+
+def max_evaluations(config: dict, num_train: int) -> int:
+    """The most evaluations any trial of this sweep can run: ASHA's max_t (its rungs stop there)."""
+    trainer = config["trainer"]
+    leaves = {path: spec for path, spec in flatten(config["sweep"]["search_space"]).items()}
+
+    def extreme(path: str, largest: bool):
+        spec = leaves.get(path)
+        if spec is None:
+            return trainer[path.split(".")[-1]]
+        if spec["type"] == "choice":
+            return (max if largest else min)(spec["values"])
+        return spec["upper"] if largest else spec["lower"]
+
+    epochs = extreme("trainer.epochs", largest=True)
+    smallest_batch = extreme("trainer.batch_size", largest=False) * extreme("trainer.gradient_accumulation_steps", largest=False)
+    steps_per_epoch = math.ceil(num_train / smallest_batch)
+    total_steps = trainer["max_steps"] or math.ceil(steps_per_epoch * epochs)
+    if trainer["eval_every_steps"]:
+        return max(1, math.ceil(total_steps / trainer["eval_every_steps"]))
+    return max(1, math.ceil(min(epochs, total_steps / steps_per_epoch)))
+
+
+def build_scheduler(config: dict, num_train: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    sweep = config["sweep"]
+    if sweep["scheduler"] == "asha" and sweep["num_trials"] > 1:
+        # Trials report once per evaluation, so ASHA's time unit is evaluations. ASHA ranks trials
+        # by one number: with several objectives TuneConfig names no metric, and ASHA is given the
+        # primary one (Ray refuses a metric set in both places).
+        primary = {"metric": sweep["metric"], "mode": sweep["mode"]} if len(objectives(sweep)) > 1 else {}
+        return ASHAScheduler(time_attr="training_iteration", max_t=max_evaluations(config, num_train), **primary,
+                             grace_period=sweep["grace_period"], reduction_factor=sweep["reduction_factor"])
+    return FIFOScheduler()
+
+
+def build_tuner(config: dict, function, param_space: dict, name: str, *, tune_config: dict, reporter,
+                callbacks: list = (), trainable_kwargs: dict | None = None):
+    """The one place a Tuner is made, for the sweep and for the seed re-runs: the same trainable
+    resources, storage, checkpoint keeping (one checkpoint per trial, its best evaluation by the
+    primary metric: what promotion needs; Ray also keeps each trial's latest, to resume from),
+    retries and console."""
+    from ray import tune
+
+    sweep = config["sweep"]
+    return tune.Tuner(
+        trainable_of(config, function, **(trainable_kwargs or {})),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(reuse_actors=config["cluster"]["reuse_actors"], **tune_config),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage_path(config),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=sweep["metric"],
+                                                    checkpoint_score_order=sweep["mode"]),
+            # A failed trial (node lost, transient error) is retried from its last checkpoint.
+            failure_config=tune.FailureConfig(max_failures=sweep["max_failures"]),
+            callbacks=list(callbacks),
+            progress_reporter=reporter,
+            verbose=1,
+        ),
+    )
+
+
+def trainable_of(config: dict, function, **parameters):
+    """`function(sampled, base_config=config, **parameters)` with each trial's resources (Ray started)."""
+    from ray import tune
+
+    cluster = config["cluster"]
+    init_ray(cluster)
+    return tune.with_resources(tune.with_parameters(function, base_config=config, **parameters),
+                               {"cpu": cluster["cpus_per_trial"], "gpu": cluster["gpus_per_trial"]})
+
+
+def storage_path(config: dict) -> str:
+    """Where Ray keeps trial results and checkpoints: cluster.storage_path, or <run dir>/ray."""
+    return config["cluster"]["storage_path"] or str(Path(config["run_dir"]).resolve() / "ray")
+
+
+def console(config: dict, parameters: dict[str, str], metrics: dict[str, str]):
+    from medsweep.search.console import SweepConsole
+
+    return SweepConsole(parameters, metrics, config["sweep"]["metric"], config["sweep"]["mode"])
+
+
+def run_sweep(config: dict, space: dict, num_train: int, trainable_fn=tune_trial, callbacks: list = ()):
+    """Run all trials; returns Ray's ResultGrid. The leaderboard is written as trials finish;
+    `callbacks` (the trackers' Ray callbacks) see every result too."""
+    from ray import tune
+    from ray.tune.search import Searcher
+
+    from medsweep.search.leaderboard import Leaderboard
+
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # The classic output path: Tune then calls our ProgressReporter instead of its own boxes.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    sweep = config["sweep"]
+    param_names = sorted(flatten(sweep["search_space"]))
+    leaderboard = Leaderboard(Path(config["run_dir"]).resolve(), sweep["metric"], sweep["mode"], param_names)
+    # Show "lora.r" rather than "model.lora.r".
+    reporter = console(config, {name: name.split(".", 1)[-1] for name in param_names},
+                       {**{m: m for m, _ in objectives(sweep)}, "evaluation": "evals", "step": "step"})
+    experiment = f"{storage_path(config).rstrip('/')}/{EXPERIMENT_NAME}"
+    if tune.Tuner.can_restore(experiment):
+        # Same command, same run dir: pick the sweep up where it stopped. Finished trials are
+        # kept; unfinished ones continue from their last checkpoint; Optuna's state is restored.
+        print(f"[medsweep] resuming the sweep in {experiment}: {len(leaderboard.rows)} trial(s) already finished",
+              flush=True)
+        return tune.Tuner.restore(experiment, trainable=trainable_of(config, trainable_fn), param_space=space,
+                                  resume_unfinished=True, resume_errored=False, restart_errored=False).fit()
+    # With several objectives the searcher holds the metric lists and Tune must not set one metric on it.
+    multi = len(objectives(sweep)) > 1
+    searcher = build_searcher(config, space)
+    tuner = build_tuner(config, trainable_fn, space, EXPERIMENT_NAME, reporter=reporter,
+                        callbacks=[leaderboard, *callbacks],
+                        tune_config={"metric": None if multi else sweep["metric"], "mode": None if multi else sweep["mode"],
+                                     "num_samples": sweep["num_trials"], "search_alg": searcher,
+                                     "max_concurrent_trials": sweep["max_concurrent"] if isinstance(searcher, Searcher) else None,
+                                     "scheduler": build_scheduler(config, num_train)})
+    return tuner.fit()
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=str))

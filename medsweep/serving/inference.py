@@ -1,0 +1,74 @@
+"""Batched inference with a promoted model: what predict, serve and explain share, and what
+promotion uses to score the test split.
+
+Imports torch, transformers and PEFT (lazily, through medsweep.release.layout), never Ray or the
+Trainer stack (medsweep.training): a deployed service loads only what inference needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from medsweep.release import layout
+
+
+def predict_proba(model, tokenizer, texts: Sequence[str], pairs: Optional[Sequence[str]] = None,
+                  max_length: int = 128, batch_size: int = 64) -> np.ndarray:
+    """(len(texts), num_labels) softmax probabilities, in input order."""
+    import torch
+
+    model.eval()
+    device = next(model.parameters()).device
+    # Sorting by length makes each padded batch tight; the result is put back in input order.
+    order = np.argsort([len(t) + (len(pairs[i]) if pairs is not None else 0) for i, t in enumerate(texts)])
+    probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float64)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = tokenizer([texts[i] for i in idx], [pairs[i] for i in idx] if pairs is not None else None,
+                              truncation=True, max_length=max_length, padding=True, return_tensors="pt").to(device)
+            logits = model(**batch).logits.float()
+            probs[idx] = torch.softmax(logits, dim=-1).cpu().numpy()
+    return probs
+
+
+@dataclass
+class PromotedModel:
+    """A promoted folder loaded for inference, with the settings it was trained with."""
+
+    model: object
+    tokenizer: object
+    label_names: list[str]
+    text_column: str
+    text_pair_column: Optional[str]
+    max_length: int
+    batch_size: int
+    version: Optional[str] = None
+    folder: Optional[Path] = None  # the version folder it was loaded from
+
+    def predict(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> np.ndarray:
+        return predict_proba(self.model, self.tokenizer, list(texts), list(pairs) if pairs is not None else None,
+                             max_length=self.max_length, batch_size=self.batch_size)
+
+
+def load_promoted(model_dir: str | Path, **overrides) -> PromotedModel:
+    """Load a promoted folder, either layout (safetensors weights only, no remote code).
+    `overrides` replace the trained-with settings (text_column, text_pair_column, max_length,
+    batch_size) where they are not None."""
+    from medsweep.hf import quiet_libraries
+
+    quiet_libraries()
+    model, tokenizer, settings = layout.load(model_dir)
+    import torch
+
+    if torch.cuda.is_available() and getattr(model, "hf_device_map", None) is None:  # 4-bit bases are placed already
+        model.to("cuda")
+    values = {"text_column": settings.text_column, "text_pair_column": settings.text_pair_column,
+              "max_length": settings.max_length, "batch_size": settings.batch_size}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return PromotedModel(model, tokenizer, settings.label_names, version=settings.version, folder=settings.folder,
+                         **values)

@@ -1,0 +1,170 @@
+"""Failures: a diverging trial, a crashed trial retried from its checkpoint, an out-of-memory
+retry, a killed driver resumed by the same command. Real Ray, real training, loopback only."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import ray
+import torch
+
+from medsweep.search import sweep
+from medsweep.training.trial import run_trial, training_arguments
+from tests.conftest import ROOT, TINY, compose_config
+
+
+@pytest.fixture
+def ray_cleanup():
+    yield
+    ray.shutdown()
+
+
+def leaderboard(run_dir: Path) -> list[dict]:
+    with open(run_dir / "leaderboard.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_diverging_trial_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, ray_cleanup):
+    from medsweep.run import execute
+
+    config = compose_config(["+sweep=smoke", "data.max_train_samples=96", "data.max_eval_samples=60",
+                             "trainer.epochs=2", "trainer.max_length=32", "cluster.num_cpus=2"], run_dir=tmp_path)
+    config["sweep"]["search_space"] = {"trainer": {"learning_rate": {"type": "loguniform", "lower": 1e-4, "upper": 1e12}}}
+    # The first point makes the loss blow up to NaN; the second is sane.
+    config["sweep"]["points_to_evaluate"] = [{"trainer": {"learning_rate": 1e11}}, {"trainer": {"learning_rate": 2e-3}}]
+    report = execute(config)
+    rows = {float(r["trainer.learning_rate"]): r for r in leaderboard(tmp_path)}
+    assert set(rows) == {1e11, 2e-3}
+    assert rows[1e11]["status"] == "error" and "diverged" in rows[1e11]["error"]
+    assert rows[2e-3]["status"] == "completed"
+    assert json.loads((tmp_path / "promoted" / "trial.json").read_text())["config"]["trainer"]["learning_rate"] == 2e-3
+    assert report["test"]["test_accuracy"] > 0
+
+
+def test_points_to_evaluate_must_set_every_dimension():
+    config = compose_config(["+sweep=smoke"])
+    config["sweep"]["points_to_evaluate"] = [{"trainer": {"learning_rate": 1e-3}}]
+    with pytest.raises(sweep.ConfigError, match=r"missing \['trainer.warmup_ratio'\]"):
+        sweep.preflight(config)
+
+
+def test_a_crashed_trial_is_retried_from_its_last_checkpoint(tmp_path, ray_cleanup):
+    config = compose_config(TINY + ["trainer.epochs=3", "cluster.num_cpus=1", "sweep.max_failures=1"], run_dir=tmp_path)
+    space, splits = sweep.preflight(config)
+    marker = tmp_path / "crashed-once"
+
+    def flaky_trial(sampled, base_config):
+        # Crash the first attempt right after its 2nd checkpoint reached Ray, as a lost node would.
+        import medsweep.training.trial as trial_module
+        from medsweep.search.sweep import tune_trial
+
+        original = trial_module.EvaluationReporter.on_save
+
+        def on_save(self, args, state, control, **kwargs):
+            original(self, args, state, control, **kwargs)
+            if self.next_evaluation == 3 and not marker.exists():
+                marker.touch()
+                raise RuntimeError("simulated node failure")
+
+        trial_module.EvaluationReporter.on_save = on_save
+        tune_trial(sampled, base_config)
+
+    results = sweep.run_sweep(config, space, num_train=len(splits.train), trainable_fn=flaky_trial)
+    assert marker.exists() and results[0].error is None
+    history = results[0].metrics_dataframe
+    # Resumed at evaluation 3, not restarted from 1: the retry continued the schedule.
+    assert history["evaluation"].tolist() == [1, 2, 3]
+    assert history["step"].is_monotonic_increasing and history["step"].tolist()[-1] == 18
+    assert leaderboard(tmp_path)[0]["status"] == "completed"
+
+
+def test_out_of_memory_halves_the_batch_and_doubles_accumulation(tiny_config, monkeypatch):
+    from transformers import Trainer
+
+    original = Trainer.training_step
+    seen = []
+
+    def training_step(self, *args, **kwargs):
+        seen.append((self.args.per_device_train_batch_size, self.args.gradient_accumulation_steps))
+        if self.args.per_device_train_batch_size > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", training_step)
+    tiny_config["trainer"].update(batch_size=16, gradient_accumulation_steps=1)
+    result = run_trial(tiny_config)
+    assert (result["batch_size"], result["gradient_accumulation_steps"]) == (4, 4)
+    assert seen[0] == (16, 1) and (8, 2) in seen and seen[-1] == (4, 4)
+    # Same effective batch, so the same number of optimizer steps as planned: 96 rows / 16 x 2 epochs.
+    assert result["history"][-1]["step"] == 12 and result["history"][-1]["batch_size"] == 4
+
+
+def test_dtype_is_chosen_by_device_and_recorded(tiny_config):
+    from medsweep.training.precision import resolve_dtype
+
+    # The GPU branches, checked on a CPU: bf16 only where the GPU supports it natively.
+    assert resolve_dtype("auto", cuda=True, bf16_supported=True) == torch.bfloat16
+    assert resolve_dtype("auto", cuda=True, bf16_supported=False) == torch.float32
+    assert resolve_dtype("auto", cuda=False, bf16_supported=False) == torch.float32
+    assert resolve_dtype("float16", cuda=True, bf16_supported=False) == torch.float16
+    args = training_arguments(tiny_config["trainer"], "/tmp/unused", torch.bfloat16, save=True)
+    assert args.bf16 and not args.fp16 and args.save_strategy == "epoch"
+    tiny_config["trainer"]["epochs"] = 1
+    assert run_trial(tiny_config)["history"][0]["dtype"] == "float32"
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.mark.slow  # a minute or more on 2 cores: `make test-slow`
+def test_killed_driver_resumes_with_the_same_command(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "medsweep.run", "+sweep=smoke", "sweep.num_trials=3", "sweep.max_concurrent=1",
+            "data.max_train_samples=96", "data.max_eval_samples=60", "trainer.max_length=32", f"hydra.run.dir={run_dir}"]
+    driver = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    processes = []
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not ((run_dir / "leaderboard.csv").exists() and leaderboard(run_dir)):
+            processes = _descendants(driver.pid) or processes
+            time.sleep(0.3)
+        assert leaderboard(run_dir), "no trial finished before the deadline"
+        processes = _descendants(driver.pid) or processes
+    finally:
+        # kill -9 the driver and everything it started, as a crashed machine would.
+        os.killpg(driver.pid, signal.SIGKILL)
+        for process in processes:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        driver.wait(timeout=30)
+
+    finished = {r["trial_id"]: r for r in leaderboard(run_dir)}
+    result_files = {p.parent.name: p.read_text() for p in (run_dir / "ray" / "sweep").glob("*/result.json")}
+    assert not (run_dir / "promoted").exists()
+
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming the sweep" in proc.stdout and f"{len(finished)} trial(s) already finished" in proc.stdout
+    rows = leaderboard(run_dir)
+    assert len(rows) == 3 and {r["trial_id"] for r in rows} >= set(finished)
+    assert all(r["status"] == "completed" for r in rows)
+    # Trials that had finished were not run again: their result files are untouched.
+    for name, text in result_files.items():
+        trial_id = name.split("_")[2]
+        if trial_id in finished:
+            assert (run_dir / "ray" / "sweep" / name / "result.json").read_text() == text
+    assert len(list((run_dir / "ray" / "sweep").glob("*/result.json"))) == 3
+    assert (run_dir / "promoted" / "metrics.json").exists()

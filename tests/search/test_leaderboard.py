@@ -1,0 +1,41 @@
+"""The local leaderboard (tracker=none and every other tracker): rewritten as each trial finishes,
+best first by the sweep metric in its direction."""
+
+import csv
+from types import SimpleNamespace
+
+from medsweep.search.leaderboard import Leaderboard
+
+
+def trial(trial_id: str, lr: float):
+    # The two attributes of a Ray Trial that the callback reads.
+    return SimpleNamespace(trial_id=trial_id, config={"trainer": {"learning_rate": lr}})
+
+
+def read(run_dir):
+    with open(run_dir / "leaderboard.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_leaderboard_is_rewritten_as_trials_finish_and_sorted_by_the_metric(tmp_path):
+    board = Leaderboard(tmp_path, "val_loss", "min", ["trainer.learning_rate"])
+    a, b, c = trial("a", 1e-3), trial("b", 2e-3), trial("c", 3e-3)
+    board.on_trial_result(1, [], a, {"val_loss": 0.9, "val_f1_macro": 0.2, "step": 10, "final": False})
+    board.on_trial_result(2, [], b, {"val_loss": 0.8, "val_f1_macro": 0.3, "step": 10, "final": False})
+    board.on_trial_result(3, [], a, {"val_loss": 0.5, "val_f1_macro": 0.4, "step": 20, "final": True})
+    assert not (tmp_path / "leaderboard.csv").exists()  # nothing finished yet
+
+    board.on_trial_complete(4, [], a)
+    rows = read(tmp_path)
+    assert [(r["trial_id"], r["status"], float(r["best_value"]), r["best_step"]) for r in rows] == [("a", "completed", 0.5, "20")]
+
+    board.on_trial_result(5, [], b, {"val_loss": 0.3, "val_f1_macro": 0.35, "step": 20, "final": False})
+    board.on_trial_complete(6, [], b)  # ASHA stopped it before its last step
+    board.on_trial_error(7, [], c)
+    rows = read(tmp_path)
+    # Lower val_loss is better: b (0.3) above a (0.5); the failed trial without a result last.
+    assert [(r["trial_id"], r["status"]) for r in rows] == [("b", "early_stopped"), ("a", "completed"), ("c", "error")]
+    assert rows[0]["evaluations"] == "2" and float(rows[0]["val_f1_macro"]) == 0.35
+    markdown = (tmp_path / "leaderboard.md").read_text().splitlines()
+    assert "lower is better" in markdown[0]
+    assert [line.split("|")[2].strip() for line in markdown[4:]] == ["b", "a", "c"]

@@ -1,0 +1,247 @@
+"""predict CLI and HTTP service round-trip real Medical Abstracts text through a promoted tiny model."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from medsweep.serving import predict
+from medsweep.serving import serve
+from medsweep.config import ConfigError
+from medsweep.serving.inference import load_promoted
+from tests.conftest import ROOT, SHARED_DATA, TINY, compose_config
+
+TOKEN = "test-token-0123456789abcdef"
+TEXT_COLUMN = "medical_abstract"  # what the model was trained on (conf/data/medical_abstracts.yaml)
+
+
+@pytest.fixture(scope="module")
+def promoted(tmp_path_factory) -> str:
+    """A real promotion of a real tiny trial."""
+    from medsweep.release.promote import promote_checkpoint
+    from medsweep.training.trial import run_trial
+
+    base = tmp_path_factory.mktemp("promoted")
+    kept = base / "ckpt"
+
+    def keep_last(report, checkpoint_dir):
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(checkpoint_dir, kept)
+
+    run_trial(compose_config(TINY, run_dir=base), on_evaluation=keep_last)
+    return str(promote_checkpoint(kept, base / "run"))
+
+
+@pytest.fixture(scope="module")
+def sentences() -> list[str]:
+    """The first sentence (the title) of a few real abstracts, one per class and then some."""
+    frame = pd.read_csv(SHARED_DATA / "medical_abstracts" / "medical_tc_test.csv")
+    picked = frame.groupby("condition_label").head(2)["medical_abstract"]
+    return [text.split(". ")[0] + "." for text in picked]
+
+
+def run_predict(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "medsweep.predict", *args], cwd=ROOT, capture_output=True, text=True, timeout=180)
+
+
+def test_predict_cli_round_trips_real_text(promoted, sentences, tmp_path):
+    source = tmp_path / "notes.csv"
+    pd.DataFrame({"id": [f"n{i}" for i in range(len(sentences))], TEXT_COLUMN: sentences}).to_csv(source, index=False)
+    proc = run_predict(f"model={promoted}", f"input={source}", f"output={tmp_path / 'out.csv'}", "id_column=id")
+    assert proc.returncode == 0, proc.stderr
+
+    model = load_promoted(promoted)
+    labels = model.label_names
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert list(out.columns) == ["id", "predicted_label"] + [f"prob_{name}" for name in labels]
+    assert out["id"].tolist() == [f"n{i}" for i in range(len(sentences))]  # one row per input, in order
+    probs = out[[f"prob_{name}" for name in labels]].to_numpy()
+    np.testing.assert_allclose(probs, model.predict(sentences), atol=1e-6)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    assert out["predicted_label"].tolist() == [labels[i] for i in probs.argmax(axis=1)]
+
+    # JSONL with another column name, chosen on the command line.
+    source = tmp_path / "notes.jsonl"
+    source.write_text("".join(json.dumps({"note": s}) + "\n" for s in sentences))
+    assert predict.main([f"model={promoted}", f"input={source}", f"output={tmp_path / 'out2.csv'}", "text_column=note"]) == 0
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "out2.csv")[[f"prob_{n}" for n in labels]].to_numpy(), probs, atol=1e-6)
+
+
+def test_predict_text_pairs_from_the_models_config(promoted, sentences, tmp_path):
+    # A copy of the promoted model that says it was trained on (abstract, context) pairs.
+    pair_model = tmp_path / "pair_model"
+    shutil.copytree(os.path.realpath(promoted), pair_model)
+    config = yaml.safe_load((pair_model / "medsweep_config.yaml").read_text())
+    config["data"]["text_pair_column"] = "context"
+    (pair_model / "medsweep_config.yaml").write_text(yaml.safe_dump(config))
+    contexts = list(reversed(sentences))
+    source = tmp_path / "pairs.csv"
+    pd.DataFrame({TEXT_COLUMN: sentences, "context": contexts}).to_csv(source, index=False)
+
+    assert predict.main([f"model={pair_model}", f"input={source}", f"output={tmp_path / 'out.csv'}"]) == 0
+    model = load_promoted(pair_model)
+    got = pd.read_csv(tmp_path / "out.csv")[[f"prob_{n}" for n in model.label_names]].to_numpy()
+    np.testing.assert_allclose(got, model.predict(sentences, contexts), atol=1e-6)
+    assert np.abs(got - model.predict(sentences)).max() > 1e-4  # the pair really went in
+
+    # The pair column can be overridden, or switched off.
+    pd.DataFrame({TEXT_COLUMN: sentences, "question": contexts}).to_csv(source, index=False)
+    assert predict.main([f"model={pair_model}", f"input={source}", f"output={tmp_path / 'q.csv'}", "text_pair_column=question"]) == 0
+    assert predict.main([f"model={pair_model}", f"input={source}", f"output={tmp_path / 's.csv'}", "text_pair_column="]) == 0
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "q.csv").iloc[:, 1:].to_numpy(), got, atol=1e-6)
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "s.csv").iloc[:, 1:].to_numpy(), model.predict(sentences), atol=1e-6)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing_file", "input file not found"),
+    ("missing_column", f"column '{TEXT_COLUMN}' not found"),
+    ("header_only", "has a header but no data rows"),  # the training data's readers (data/formats.py)
+    ("empty_file", "is empty"),
+    ("blank_text", f"1 empty value(s) in column '{TEXT_COLUMN}'"),
+    ("wrong_suffix", "input must be a .csv or .jsonl file"),
+    ("not_a_model", "is not a model folder"),
+    ("unknown_argument", "unknown argument 'modle'"),
+    ("no_output_folder", "output folder does not exist"),
+])
+def test_predict_errors_are_one_line_and_exit_2(promoted, tmp_path, capsys, case, message):
+    source = tmp_path / "in.csv"
+    output = tmp_path / "out.csv"
+    model = promoted
+    pd.DataFrame({TEXT_COLUMN: ["Acute myocardial infarction.", "Colon adenocarcinoma."]}).to_csv(source, index=False)
+    extra = []
+    if case == "missing_file":
+        source = tmp_path / "nope.csv"
+    elif case == "missing_column":
+        pd.DataFrame({"note": ["Acute myocardial infarction."]}).to_csv(source, index=False)
+    elif case == "header_only":
+        source.write_text(f"{TEXT_COLUMN}\n")
+    elif case == "empty_file":
+        source.write_text("")
+    elif case == "blank_text":
+        pd.DataFrame({TEXT_COLUMN: ["Acute myocardial infarction.", "  "]}).to_csv(source, index=False)
+    elif case == "wrong_suffix":
+        source = source.rename(tmp_path / "in.txt")
+    elif case == "not_a_model":
+        model = str(tmp_path)
+    elif case == "unknown_argument":
+        extra = ["modle=x"]
+    elif case == "no_output_folder":
+        output = tmp_path / "missing" / "out.csv"
+    code = predict.main([f"model={model}", f"input={source}", f"output={output}", *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("medsweep.predict: error:") and message in err and len(err.strip().splitlines()) == 1, err
+    assert not output.exists()
+
+
+# --- serve -----------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args: list[str], env: dict, log_path) -> subprocess.Popen:
+    full_env = {k: v for k, v in os.environ.items() if k != serve.TOKEN_ENV}
+    full_env.update(env)
+    log = open(log_path, "w")
+    return subprocess.Popen([sys.executable, "-m", "medsweep.serve", *args], cwd=ROOT, env=full_env,
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+@pytest.mark.parametrize("env, args, message", [
+    ({}, [], "refusing to start without a bearer token"),
+    ({}, ["allow_no_auth=true", "host=0.0.0.0"], "only allowed on a loopback host"),
+    ({serve.TOKEN_ENV: "short"}, [], "is too short"),
+])
+def test_serve_refuses_to_start_without_a_proper_token(promoted, tmp_path, env, args, message):
+    proc = start_server([f"model={promoted}", *args], env, tmp_path / "serve.log")
+    try:
+        assert proc.wait(timeout=60) == 2
+    finally:
+        stop(proc)
+    log = (tmp_path / "serve.log").read_text()
+    assert message in log and len(log.strip().splitlines()) == 1, log
+
+
+def test_resolve_token_allows_no_auth_only_on_loopback():
+    assert serve.resolve_token("127.0.0.1", allow_no_auth=True, environ={}) is None
+    assert serve.resolve_token("0.0.0.0", allow_no_auth=False, environ={serve.TOKEN_ENV: TOKEN}) == TOKEN
+    with pytest.raises(ConfigError):
+        serve.resolve_token("10.0.0.1", allow_no_auth=True, environ={})
+
+
+def test_serve_round_trips_real_text_with_auth_and_limits(promoted, sentences, tmp_path):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "serve.log"
+    proc = start_server([f"model={promoted}", "host=127.0.0.1", f"port={port}", "max_request_bytes=20000", "max_batch=10"],
+                        {serve.TOKEN_ENV: TOKEN}, log_path)
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, log_path.read_text()
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.time() < deadline, "server did not come up: " + log_path.read_text()
+            time.sleep(0.25)
+
+        model = load_promoted(promoted)
+        health = httpx.get(f"{base}/health", timeout=10).json()
+        assert health["status"] == "ok" and health["labels"] == model.label_names and health["version"] == "v001"
+
+        body = {"texts": sentences}
+        assert httpx.post(f"{base}/predict", json=body, timeout=30).status_code == 401
+        wrong = httpx.post(f"{base}/predict", json=body, headers={"Authorization": "Bearer nope"}, timeout=30)
+        assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        response = httpx.post(f"{base}/predict", json=body, headers=auth, timeout=60)
+        assert response.status_code == 200, response.text
+        predictions = response.json()["predictions"]
+        expected = model.predict(sentences)
+        assert len(predictions) == len(sentences)
+        got = np.array([[p["probabilities"][name] for name in model.label_names] for p in predictions])
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+        assert [p["label"] for p in predictions] == [model.label_names[i] for i in expected.argmax(axis=1)]
+
+        # Limits: too many bytes (declared, and streamed without a declared length), too many texts.
+        big = {"texts": [sentences[0] * 50] * 8}
+        assert httpx.post(f"{base}/predict", json=big, headers=auth, timeout=30).status_code == 413
+        streamed = (chunk for chunk in [json.dumps(big).encode()[i:i + 4096] for i in range(0, len(json.dumps(big)), 4096)])
+        assert httpx.post(f"{base}/predict", content=streamed, headers={**auth, "content-type": "application/json"},
+                          timeout=30).status_code == 413
+        assert httpx.post(f"{base}/predict", json={"texts": sentences[:1] * 11}, headers=auth, timeout=30).status_code == 413
+        # Text in a query string (not how the API takes it) must not reach the access log either.
+        assert httpx.get(f"{base}/predict", params={"text": sentences[1]}, timeout=30).status_code == 405
+        invalid = httpx.post(f"{base}/predict", json={"texts": [sentences[0], 7]}, headers=auth, timeout=30)
+        assert invalid.status_code == 422 and sentences[0] not in invalid.text  # errors do not echo the input
+    finally:
+        stop(proc)
+    log = log_path.read_text()
+    assert '"POST /predict HTTP/1.1" 200' in log and "predicted 10 text(s)" in log  # the access log is on...
+    assert '"GET /predict?<redacted> HTTP/1.1" 405' in log
+    assert not any(s[:40] in log for s in sentences)  # ...and no request text is in it
