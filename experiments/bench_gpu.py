@@ -79,7 +79,7 @@ def mfu(sizes: dict, batch: int, seq_len: int, steps: int, dtype: torch.dtype, p
     flops = train_flops_per_sample(sizes["hidden_size"], sizes["num_hidden_layers"], sizes["intermediate_size"], seq_len) * batch
     achieved = flops / seconds / 1e12
     return {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "dtype": str(dtype).split(".")[-1],
-            "batch": batch, "seq_len": seq_len, "step_seconds": round(seconds, 4),
+            "batch": batch, "seq_len": seq_len, "step_seconds": round(seconds, 6),
             "samples_per_second": round(batch / seconds, 1), "achieved_tflops": round(achieved, 2),
             "peak_tflops": peak, "mfu": round(achieved / peak, 3) if peak else None}
 
