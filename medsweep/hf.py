@@ -91,3 +91,91 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()
+
+
+# --- what a model folder carries is data ---------------------------------------------------------
+# A folder someone hands you (a promoted model, a checkpoint, a base a reference names) may ask
+# transformers to import its own Python (`auto_map`, a tokenizer class of its own) or carry pickled
+# weights, whose unpickling runs code. transformers with trust_remote_code=False quietly falls back
+# to its built-in class when the model type is known; medsweep refuses such a folder outright, in
+# one line, so that what is loaded is what the folder's own fields say it is.
+
+SAFE_WEIGHTS = (".safetensors",)
+# Weight files that unpickle (torch.load, joblib): code can run while they load.
+PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+DIGEST_FIELD = "weight_sha256"
+
+
+def read_json_mapping(path: Path) -> dict:
+    import json
+
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{path} cannot be read as JSON: {str(exc).splitlines()[0]}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path} must hold a mapping")
+    return value
+
+
+def check_model_folder(folder: str | Path, *, weights: bool = True, trust_remote_code: bool = False) -> None:
+    """Refuse (ConfigError, one line) a model folder that would run code of its own when loaded:
+    `auto_map` in config.json or tokenizer_config.json, a tokenizer class that is not one of
+    transformers' own, an unknown model type, pickle-only weights. `trust_remote_code` is the
+    user's own setting (config or command line), never a file's; with it on, remote code is allowed."""
+    import transformers
+    from transformers import CONFIG_MAPPING, PreTrainedTokenizerBase
+
+    folder = Path(folder)
+    config_file, tokenizer_file = folder / "config.json", folder / "tokenizer_config.json"
+    if config_file.exists():
+        config = read_json_mapping(config_file)
+        if "auto_map" in config and not trust_remote_code:
+            raise ConfigError(f"{config_file} asks for the folder's own Python code (auto_map); medsweep never runs "
+                              f"code from a model folder (set model.trust_remote_code=true yourself to allow it)")
+        model_type = config.get("model_type")
+        if not trust_remote_code and (not isinstance(model_type, str) or model_type not in CONFIG_MAPPING):
+            raise ConfigError(f"{config_file}: model_type {str(model_type)[:60]!r} is not one transformers knows")
+    if tokenizer_file.exists():
+        tokenizer = read_json_mapping(tokenizer_file)
+        if "auto_map" in tokenizer and not trust_remote_code:
+            raise ConfigError(f"{tokenizer_file} asks for the folder's own tokenizer code (auto_map); medsweep never "
+                              f"runs code from a model folder")
+        name = tokenizer.get("tokenizer_class")
+        known = getattr(transformers, name, None) if isinstance(name, str) and name.isidentifier() else None
+        if name is not None and not trust_remote_code and not (
+                isinstance(known, type) and issubclass(known, PreTrainedTokenizerBase)):
+            raise ConfigError(f"{tokenizer_file}: tokenizer_class {str(name)[:60]!r} is not a transformers tokenizer")
+    if weights:
+        files = [p for p in folder.iterdir() if p.is_file()]
+        if not any(p.name.endswith(SAFE_WEIGHTS) for p in files):
+            pickled = sorted(p.name for p in files if p.name.endswith(PICKLE_WEIGHTS))
+            raise ConfigError(f"{folder} has no safetensors weights" + (
+                f" (only pickled ones: {', '.join(pickled[:3])}, which can run code when loaded; convert them to "
+                f"safetensors)" if pickled else ""))
+
+
+def weight_digests(folder: str | Path) -> dict[str, str]:
+    """sha256 of every safetensors file in a folder (checkpoint or promoted model), by file name."""
+    import hashlib
+
+    digests = {}
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        sha = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                sha.update(block)
+        digests[path.name] = sha.hexdigest()
+    return digests
+
+
+def check_weight_digests(folder: str | Path, recorded: dict[str, str]) -> None:
+    """The weights are the ones recorded when the folder was written (a truncated or corrupted
+    file, or a file swapped since, is refused in one line)."""
+    actual = weight_digests(folder)
+    for name, digest in recorded.items():
+        if name not in actual:
+            raise ConfigError(f"{Path(folder) / name} is missing: the checkpoint is incomplete")
+        if actual[name] != digest:
+            raise ConfigError(f"{Path(folder) / name} does not match the sha256 recorded when it was saved "
+                              f"(truncated or corrupted): refusing to use it")

@@ -89,7 +89,8 @@ def promote(chosen, config: dict) -> dict:
     from medsweep.release.promote import promote_checkpoint
 
     with chosen.run.checkpoint.as_directory() as checkpoint_dir:
-        promoted = promote_checkpoint(checkpoint_dir, Path(config["run_dir"]), chosen.provenance(config))
+        promoted = promote_checkpoint(checkpoint_dir, Path(config["run_dir"]), chosen.provenance(config),
+                                      trust_remote_code=config["model"]["trust_remote_code"])
     return layout.read_metrics(promoted)
 
 

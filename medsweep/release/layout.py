@@ -117,9 +117,12 @@ def _read_mapping(path: Path, kind: str = "JSON") -> dict:
     """A JSON or YAML file that must hold a mapping; anything unreadable is a one-line ConfigError."""
     import yaml
 
-    parse = json.loads if kind == "JSON" else yaml.safe_load
+    from medsweep.hf import read_json_mapping
+
+    if kind == "JSON":
+        return read_json_mapping(path)
     try:
-        value = parse(path.read_text(encoding="utf-8"))
+        value = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path} cannot be read as {kind}: {str(exc).splitlines()[0]}") from None
     if not isinstance(value, dict):
@@ -176,8 +179,17 @@ def _label_names(model_config: dict, where: Path) -> list[str]:
     return [v for _, v in ordered]
 
 
+# The fields a base reference may carry (precision.base_reference writes exactly these).
+BASE_REFERENCE_FIELDS = ("name_or_path", "revision", "quantization", "dtype", "bitsandbytes", "label_names")
+
+
 def check_base_reference(reference: dict, where: str) -> dict:
-    """The fields of base_model.json, type-checked; anything else in the file is ignored."""
+    """The fields of base_model.json, type-checked; a field outside the allow-list (trust_remote_code,
+    a code revision, loader arguments) is refused, never passed on to a loader."""
+    unknown = sorted(set(reference) - set(BASE_REFERENCE_FIELDS)) if isinstance(reference, dict) else []
+    if unknown:
+        raise ConfigError(f"{where}: unexpected field(s) {', '.join(map(repr, unknown[:5]))}; a base reference names "
+                          f"only {', '.join(BASE_REFERENCE_FIELDS)} (remote code is never enabled by a file)")
     checked = {
         "name_or_path": _field(reference, "name_or_path", str, where),
         "revision": _field(reference, "revision", (str, type(None)), where),
@@ -238,8 +250,14 @@ def load(path: str | Path):
     """(model in eval mode, tokenizer, Settings) of a promoted folder, either layout."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from medsweep.hf import check_model_folder
+
     settings = read_settings(path)
     folder = settings.folder
+    # Refused before transformers sees the folder: nothing of the folder's own (code, pickles) may run.
+    check_model_folder(folder, weights=settings.layout == MERGED)
+    if settings.layout == ADAPTER:
+        check_adapter(folder / ADAPTER_DIR)
     try:
         # Remote code is never enabled by a folder: its config or tokenizer asking for it is refused by transformers.
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
@@ -253,6 +271,22 @@ def load(path: str | Path):
     return model.eval(), tokenizer, settings
 
 
+# adapter_config.json: the PEFT method and task medsweep writes; anything else is not one of its adapters.
+ADAPTER_KIND = {"peft_type": "LORA", "task_type": "SEQ_CLS"}
+
+
+def check_adapter(adapter: Path) -> None:
+    """adapter/ holds a LoRA adapter for a sequence classifier, its weights in safetensors."""
+    config = _read_mapping(adapter / ADAPTER_FILES[0]) if (adapter / ADAPTER_FILES[0]).exists() else None
+    if config is None or not (adapter / ADAPTER_FILES[1]).exists():
+        raise ConfigError(f"{adapter} must hold {' and '.join(ADAPTER_FILES)} (safetensors weights only)")
+    for key, expected in ADAPTER_KIND.items():
+        if config.get(key) != expected:
+            raise ConfigError(f"{adapter / ADAPTER_FILES[0]}: {key} must be {expected!r}, got {str(config.get(key))[:40]!r}")
+    if config.get("auto_mapping"):
+        raise ConfigError(f"{adapter / ADAPTER_FILES[0]} names classes of its own (auto_mapping): refused")
+
+
 def _load_adapter_model(folder: Path, tokenizer):
     import torch
     from peft import PeftModel
@@ -260,10 +294,15 @@ def _load_adapter_model(folder: Path, tokenizer):
 
     from medsweep.hf import resolve_model
 
+    from medsweep.hf import check_model_folder
+
     reference = read_base_reference(folder)
     labels = reference["label_names"]
+    base_path = resolve_model(reference["name_or_path"])
+    if Path(base_path).is_dir():  # a local base is a folder like any other: data only
+        check_model_folder(base_path)
     base = AutoModelForSequenceClassification.from_pretrained(
-        resolve_model(reference["name_or_path"]), revision=reference["revision"], num_labels=len(labels),
+        base_path, revision=reference["revision"], num_labels=len(labels),
         id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
         ignore_mismatched_sizes=True, use_safetensors=True, trust_remote_code=False,
         dtype=getattr(torch, reference["dtype"]), **quantization_kwargs(reference))

@@ -85,14 +85,15 @@ def evaluate_test_split(model, tokenizer, config: dict) -> tuple[np.ndarray, np.
     return test["label"].to_numpy(), probs, splits.summary, subgroups.group_columns(test)
 
 
-def write_model(checkpoint_dir: Path, staging: Path, info: dict):
+def write_model(checkpoint_dir: Path, staging: Path, info: dict, trust_remote_code: bool = False):
     """The checkpoint's model into the staging folder, in the layout its base allows; returns
     (model, tokenizer) for scoring the test split."""
     from transformers import AutoTokenizer
 
     model_cfg = info["config"]["model"]
-    model = load_checkpoint(checkpoint_dir, merge=True)  # a 4-bit base stays unmerged
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
+    # load_checkpoint refuses a checkpoint folder that would run code of its own (unless the user allowed it).
+    model = load_checkpoint(checkpoint_dir, merge=True, trust_remote_code=trust_remote_code)  # a 4-bit base stays unmerged
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, trust_remote_code=trust_remote_code)
     quantized = is_quantized(model_cfg)
     layout.write_model(staging, None if quantized else model, tokenizer,
                        adapter_source=checkpoint_dir if is_adapter_checkpoint(checkpoint_dir) else None,
@@ -169,11 +170,14 @@ def promotion_report(info: dict, labels: np.ndarray, probs: np.ndarray, data_sum
     return report
 
 
-def promote_checkpoint(checkpoint_dir: str | Path, run_dir: str | Path, provenance: dict | None = None) -> Path:
+def promote_checkpoint(checkpoint_dir: str | Path, run_dir: str | Path, provenance: dict | None = None,
+                       trust_remote_code: bool = False) -> Path:
     """Write the checkpoint as a loadable model with its evaluation and card; swap it in as `promoted`.
 
     `provenance` (from search.seeds.Selection.provenance) says how the model was chosen; it is
-    merged into metrics.json.
+    merged into metrics.json. `trust_remote_code` is the user's model.trust_remote_code, never the
+    checkpoint's. A checkpoint whose weights do not match the sha256 in its trial.json is refused
+    (ConfigError) before anything is written: the previous promoted model stays.
     """
     checkpoint_dir, run_dir = Path(checkpoint_dir), Path(run_dir)
     quiet_libraries()
@@ -187,7 +191,7 @@ def promote_checkpoint(checkpoint_dir: str | Path, run_dir: str | Path, provenan
         shutil.rmtree(staging, ignore_errors=True)
         previous = current_version(run_dir)
 
-        model, tokenizer = write_model(checkpoint_dir, staging, info)
+        model, tokenizer = write_model(checkpoint_dir, staging, info, trust_remote_code)
         labels, probs, data_summary, groups = evaluate_test_split(model, tokenizer, info["config"])
         report = {"version": target.name, "previous_version": previous,
                   "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -101,7 +101,7 @@ def preflight(config: dict) -> tuple[dict, data.DataSplits]:
             raise ConfigError(f"cluster.cpus_per_trial={cluster['cpus_per_trial']} but this machine has {cores} CPUs: no trial could start")
     else:
         check_reachable(cluster["address"])
-    check_available(config["model"]["name_or_path"], config["model"]["revision"])
+    check_available(config["model"]["name_or_path"], config["model"]["revision"], config["model"]["trust_remote_code"])
     check_lora_targets(config["model"], sweep["search_space"])
     splits = data.load_splits(config["data"])
     check_metric_names(config, len(splits.label_names))

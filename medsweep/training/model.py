@@ -18,10 +18,12 @@ from medsweep.hf import hub_offline_reason, resolve_model
 from medsweep.training import precision
 
 
-def check_available(name_or_path: str, revision: str | None = None) -> None:
+def check_available(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False) -> None:
     """Fail in seconds, with a sentence, when a model cannot be had (not a model folder, offline,
     unknown id), before any trial starts."""
     resolved = resolve_model(name_or_path)
+    if trust_remote_code:  # the user's own choice, said out loud: the model's Python will run in every trial
+        print(f"[medsweep] model.trust_remote_code=true: {name_or_path}'s own Python code will run", flush=True)
     if Path(resolved).is_dir():
         if not (Path(resolved) / "config.json").exists():
             raise ConfigError(f"model folder {resolved} has no config.json: not a Hugging Face model folder")
@@ -152,22 +154,49 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
+# trial.json's fields and their types: a checkpoint (resumed, or promoted) is read as data.
+TRIAL_FIELDS = {"metrics": dict, "config": dict, "label_names": list, "data_fingerprints": dict}
+
+
 def read_checkpoint_info(directory: Path) -> dict:
-    return json.loads((Path(directory) / TRIAL_FILE).read_text())
+    """trial.json, fields type-checked, and the checkpoint's weights checked against the sha256
+    recorded when it was saved: a truncated or corrupted checkpoint is a one-line ConfigError."""
+    from medsweep.hf import DIGEST_FIELD, read_json_mapping, check_weight_digests
+
+    path = Path(directory) / TRIAL_FILE
+    if not path.exists():
+        raise ConfigError(f"{directory} is not a medsweep checkpoint (no {TRIAL_FILE})")
+    info = read_json_mapping(path)
+    for key, kind in TRIAL_FIELDS.items():
+        if not isinstance(info.get(key), kind):
+            raise ConfigError(f"{path}: field {key!r} is missing or not a {kind.__name__}")
+    if not all(isinstance(n, str) for n in info["label_names"]) or not isinstance(info["config"].get("model"), dict):
+        raise ConfigError(f"{path}: malformed label_names or config")
+    recorded = info.get(DIGEST_FIELD)
+    if recorded is not None:  # checkpoints written before the digests were recorded have none
+        if not isinstance(recorded, dict) or not all(isinstance(v, str) for v in recorded.values()):
+            raise ConfigError(f"{path}: field {DIGEST_FIELD!r} must map file names to sha256 digests")
+        check_weight_digests(directory, recorded)
+    return info
 
 
 def is_adapter_checkpoint(directory: Path) -> bool:
     return (Path(directory) / ADAPTER_CONFIG).exists()
 
 
-def load_checkpoint(directory: Path, merge: bool = True):
+def load_checkpoint(directory: Path, merge: bool = True, trust_remote_code: bool = False):
     """The model in a checkpoint; a LoRA adapter is put back on its base (and merged if asked,
-    unless the base is 4-bit: merging would re-quantize the adapter's update to 4 bits)."""
+    unless the base is 4-bit: merging would re-quantize the adapter's update to 4 bits).
+    `trust_remote_code` is the caller's (the user's config), never trial.json's."""
+    from medsweep.hf import check_model_folder
+
     directory = Path(directory)
+    check_model_folder(directory, weights=True, trust_remote_code=trust_remote_code)
     if not is_adapter_checkpoint(directory):
-        return AutoModelForSequenceClassification.from_pretrained(directory, use_safetensors=True)
+        return AutoModelForSequenceClassification.from_pretrained(directory, use_safetensors=True,
+                                                                  trust_remote_code=trust_remote_code)
     info = read_checkpoint_info(directory)
-    model_cfg = info["config"]["model"]
+    model_cfg = {**info["config"]["model"], "trust_remote_code": trust_remote_code}
     model = load_adapter(model_cfg, info["label_names"], directory)
     return model.merge_and_unload() if merge and not is_quantized(model_cfg) else model
 

@@ -25,7 +25,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from medsweep import data
 from medsweep.evaluation import metrics, subgroups
 from medsweep.evaluation.metrics import is_metric_name
-from medsweep.hf import quiet_libraries
+from medsweep.hf import DIGEST_FIELD, quiet_libraries, weight_digests
 from medsweep.training import augment, imbalance, precision
 from medsweep.training.model import TRIAL_FILE, build_model, count_parameters, load_tokenizer, read_checkpoint_info
 
@@ -103,7 +103,9 @@ class EvaluationReporter(TrainerCallback):
             return
         directory = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         info = {"metrics": self.pending, "config": self.config, "label_names": self.label_names,
-                "data_fingerprints": self.fingerprints}
+                "data_fingerprints": self.fingerprints,
+                # Checked on resume and at promotion: a truncated or corrupted checkpoint is never used.
+                DIGEST_FIELD: weight_digests(directory)}
         (directory / TRIAL_FILE).write_text(json.dumps(info, indent=2, default=str))
         report, self.pending = self.pending, None
         self.hook(report, directory)
