@@ -186,16 +186,32 @@ def check_splittable(pool: pd.DataFrame, label_names: list[str], parts: int) -> 
                           f"need at least {parts} per class")
 
 
-def carve(pool: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(rest, held out): a stratified, seeded share of `pool`."""
+def carve(pool: pd.DataFrame, fraction: float, seed: int, notes: list | None = None,
+          what: str = "held-out") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rest, held out): a stratified, seeded share of `pool`. A class with a single row in `pool`
+    cannot be stratified: its row stays in `rest` (said in `notes`), so a rare class is never lost
+    and never crashes the split."""
+    counts = pool["label"].value_counts()
+    single = pool["label"].isin(counts.index[counts < 2])
+    kept, stratifiable = pool[single], pool[~single]
+    if notes is not None and len(kept):
+        notes.append(f"{len(kept)} class(es) with a single row here kept out of the {what} split")
     try:
-        rest, held_out = train_test_split(pool, test_size=fraction, stratify=pool["label"], random_state=seed)
+        rest, held_out = train_test_split(stratifiable, test_size=fraction, stratify=stratifiable["label"],
+                                          random_state=seed)
     except ValueError as exc:
-        raise ConfigError(f"could not split the data: {exc}") from None
-    return rest.reset_index(drop=True), held_out.reset_index(drop=True)
+        # Too few rows for one of each class on both sides: a plain seeded split, said out loud.
+        if notes is not None:
+            notes.append(f"the {what} split is not stratified ({str(exc).splitlines()[0]})")
+        try:
+            rest, held_out = train_test_split(stratifiable, test_size=fraction, random_state=seed)
+        except ValueError as plain:
+            raise ConfigError(f"could not split the data: {str(plain).splitlines()[0]}") from None
+    return pd.concat([rest, kept]).reset_index(drop=True), held_out.reset_index(drop=True)
 
 
-def split(frame: pd.DataFrame, cfg: dict, label_names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def split(frame: pd.DataFrame, cfg: dict, label_names: list[str],
+          notes: list | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Train/validation/test: the splits given in the data, the missing ones drawn from the training rows."""
     if frame["label"].nunique() < 2:
         only = label_names[frame["label"].iloc[0]]
@@ -206,8 +222,8 @@ def split(frame: pd.DataFrame, cfg: dict, label_names: list[str]) -> tuple[pd.Da
     if set(given) == {""}:  # nothing given: the classic stratified three-way split
         pool = given[""]
         check_splittable(pool, label_names, 3)
-        train, rest = carve(pool, val_share + test_share, cfg["seed"])
-        validation, test = carve(rest, test_share / (val_share + test_share), cfg["seed"])
+        train, rest = carve(pool, val_share + test_share, cfg["seed"], notes, "validation and test")
+        validation, test = carve(rest, test_share / (val_share + test_share), cfg["seed"], notes, "test")
         return train, validation, test
     if "train" not in given:
         raise ConfigError(f"the data give no training rows: found only the split(s) {sorted(given)}")
@@ -216,10 +232,11 @@ def split(frame: pd.DataFrame, cfg: dict, label_names: list[str]) -> tuple[pd.Da
     check_splittable(train, label_names, len(missing) + 1)
     # With the test split given, val_fraction is the share of the training rows held out for validation.
     if missing == ["validation", "test"]:
-        train, rest = carve(train, val_share + test_share, cfg["seed"])
-        given["validation"], given["test"] = carve(rest, test_share / (val_share + test_share), cfg["seed"])
+        train, rest = carve(train, val_share + test_share, cfg["seed"], notes, "validation and test")
+        given["validation"], given["test"] = carve(rest, test_share / (val_share + test_share), cfg["seed"], notes, "test")
     elif missing:
-        train, given[missing[0]] = carve(train, val_share if missing[0] == "validation" else test_share, cfg["seed"])
+        train, given[missing[0]] = carve(train, val_share if missing[0] == "validation" else test_share, cfg["seed"],
+                                         notes, missing[0])
     absent = sorted(set(range(len(label_names))) - set(train["label"]))
     if absent:
         raise ConfigError(f"class {label_names[absent[0]]!r} has no training rows (it occurs only in the given "
@@ -227,15 +244,38 @@ def split(frame: pd.DataFrame, cfg: dict, label_names: list[str]) -> tuple[pd.Da
     return train, given["validation"], given["test"]
 
 
-def subsample(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
-    """A stratified subset of at most `limit` rows (debug and budget runs)."""
+def subsample(frame: pd.DataFrame, limit: int | None, seed: int, notes: list | None = None,
+              what: str = "data.max_train_samples", label_names: list[str] | None = None) -> pd.DataFrame:
+    """A stratified subset of at most `limit` rows (debug and budget runs) that keeps every class:
+    each class gets at least one row (a class of one row is kept whole), the rest of the budget is
+    shared out in proportion to the class sizes (largest remainder). A limit below the number of
+    classes cannot keep them all: one-line ConfigError naming a class that would be lost."""
     if limit is None or len(frame) <= limit:
         return frame
-    num_classes = frame["label"].nunique()
-    if limit < num_classes:
-        return frame.sample(n=limit, random_state=seed).reset_index(drop=True)
-    kept, _ = train_test_split(frame, train_size=limit, stratify=frame["label"], random_state=seed)
-    return kept.reset_index(drop=True)
+    counts = frame["label"].value_counts().sort_index()
+    if limit < len(counts):
+        rarest = counts.idxmin()
+        name = label_names[rarest] if label_names else rarest
+        raise ConfigError(f"{what}={limit} is below the number of classes here ({len(counts)}): class {name!r} "
+                          f"({counts[rarest]} row(s)) and others would be left out; set it to at least {len(counts)}")
+    if counts.min() >= 2:
+        try:  # sklearn's stratified draw where it can make one (the rows every earlier run drew)
+            kept, _ = train_test_split(frame, train_size=limit, stratify=frame["label"], random_state=seed)
+            return kept.reset_index(drop=True)
+        except ValueError:  # fewer rows left out than classes: shared out below instead
+            pass
+    extra = counts - 1
+    share = extra / extra.sum() * (limit - len(counts)) if extra.sum() else extra * 0.0
+    take = share.astype(int)
+    # Largest remainder: the rows the rounding left over go to the classes it cut most.
+    leftover = limit - len(counts) - int(take.sum())
+    take[(share - take).sort_values(ascending=False, kind="stable").index[:leftover]] += 1
+    take = (take + 1).clip(upper=counts)
+    parts = [frame[frame["label"] == label].sample(n=int(n), random_state=seed) for label, n in take.items()]
+    if notes is not None:
+        notes.append(f"{what}={limit}: {len(frame)} rows subsampled to {int(take.sum())}, stratified, all "
+                     f"{len(counts)} classes kept ({int((counts == 1).sum())} of one row)")
+    return pd.concat(parts).sample(frac=1.0, random_state=seed).reset_index(drop=True)
 
 
 def check_disjoint(parts: dict[str, pd.DataFrame]) -> None:
@@ -262,9 +302,10 @@ def load_splits(cfg: dict) -> DataSplits:
             raise ConfigError(f"all {summary['rows_read']} texts in column {cfg['text_column']!r} are empty")
         raise ConfigError("no usable rows after dropping empty texts and texts with conflicting labels")
     frame, label_names = encode_labels(frame, cfg)
-    train, validation, test = split(frame, cfg, label_names)
-    train = subsample(train, cfg["max_train_samples"], cfg["seed"])
-    validation = subsample(validation, cfg["max_eval_samples"], cfg["seed"])
+    notes: list[str] = []  # what the splitting and subsampling did about rare classes, printed with the summary
+    train, validation, test = split(frame, cfg, label_names, notes)
+    train = subsample(train, cfg["max_train_samples"], cfg["seed"], notes, "data.max_train_samples", label_names)
+    validation = subsample(validation, cfg["max_eval_samples"], cfg["seed"], notes, "data.max_eval_samples", label_names)
     parts = dict(zip(SPLITS, (train, validation, test)))
     check_disjoint(parts)
     summary["split_source"] = split_source
@@ -273,6 +314,8 @@ def load_splits(cfg: dict) -> DataSplits:
         name: {label_names[k]: int(v) for k, v in sorted(part["label"].value_counts().items())}
         for name, part in parts.items()
     }
+    if notes:
+        summary["notes"] = notes
     splits = DataSplits(train, validation, test, label_names, summary)
     summary["fingerprints"] = splits.fingerprints
     return splits
@@ -293,6 +336,7 @@ def describe(summary: dict) -> str:
     for name in SPLITS:
         counts = ", ".join(f"{label} {n}" for label, n in summary["class_counts"][name].items())
         lines.append(f"  {name:<10} {counts}   fingerprint {summary['fingerprints'][name]}")
+    lines += [f"  note: {note}" for note in summary.get("notes", [])]
     if "deidentified" in summary:
         masked = summary["deidentified"]
         lines.append(f"  de-identified: {masked['rows_changed']} rows changed; masked "
