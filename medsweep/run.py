@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from medsweep.config import ConfigError, MedsweepConfig
+from medsweep.search import driver
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("medsweep")
@@ -65,10 +66,14 @@ def execute(config: dict, on_checked: Optional[Callable[[], None]] = None) -> di
     sweep.write_json(run_dir / "data_summary.json", splits.summary)
 
     trackers = tracking.trial_callbacks(config)
+    sweep.init_ray(config["cluster"])  # ray.init installs its own SIGTERM handler: driver.Stop's goes after it
+    stop = driver.Stop()
     try:
         results = sweep.run_sweep(config, space, num_train=max_training_rows(splits.train, config), callbacks=trackers)
     finally:
+        stop.restore()
         tracking.finish_callbacks(trackers)  # an interrupted sweep still closes its tracker runs
+    stop.check(results, config["sweep"]["num_trials"])  # a stopped sweep is resumable, never promoted
     if not config["promote"]["enabled"]:
         ranking.rank_sweep(results, config)  # still writes a multi-objective sweep's Pareto front
         publish(config, run_dir)
@@ -127,13 +132,20 @@ def main(cfg: DictConfig) -> None:
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     config["run_dir"] = HydraConfig.get().runtime.output_dir
     try:
-        execute(config, on_checked=lambda: save_hydra_files(cfg, Path(config["run_dir"])))
+        with driver.exclusive(config["run_dir"]):  # one driver per run dir
+            execute(config, on_checked=lambda: save_hydra_files(cfg, Path(config["run_dir"])))
     except ConfigError as exc:
         # A user mistake: one line, no traceback (HYDRA_FULL_ERROR=1 shows it), non-zero exit.
         if SHOW_TRACEBACK:
             raise
         print(f"medsweep: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except driver.Interrupted as exc:
+        print(f"[medsweep] {exc}", file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C outside the sweep (checks, promotion): promotion is atomic
+        print("[medsweep] interrupted; the previous promoted model (if any) is unchanged", file=sys.stderr)
+        sys.exit(130)
 
 
 def save_hydra_files(cfg: DictConfig, run_dir: Path) -> None:

@@ -1,0 +1,96 @@
+"""The sweep driver's hold on its run dir: one driver per run dir, and a clean stop on SIGTERM/Ctrl-C.
+
+One driver per run dir: two `python -m medsweep.run` on the same run dir would both restore and
+run the same Ray experiment, writing the same trials, leaderboard and promoted link. The lock is an
+flock(2) on `<run dir>/.medsweep-driver.lock`, so the kernel drops it when the driver dies, however
+it dies: a lock left by a killed driver never blocks the resume. The file also says who holds it
+(pid, host, start time) for the refusal message; that text is only ever shown, never trusted.
+
+A clean stop: Ray Tune stops a sweep gracefully on SIGINT (Ctrl-C): it stops the trials, writes
+the experiment state and returns, so the same command resumes. SIGTERM (what `kill`, systemd and
+batch schedulers send) would otherwise end the driver at once (`ray.init` makes it `sys.exit`):
+here it is turned into that same graceful stop. A sweep that stopped before its trials finished is
+not promoted; the CLI says how far it got and exits 130 (Ctrl-C) or 143 (SIGTERM).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import socket
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from medsweep.config import ConfigError
+
+LOCK_FILE = ".medsweep-driver.lock"
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+
+
+class Interrupted(Exception):
+    """The sweep was stopped by a signal before its trials finished: resumable, not promotable."""
+
+    def __init__(self, message: str, signal_name: str):
+        super().__init__(message)
+        self.exit_code = EXIT_CODES.get(signal_name, 130)
+
+
+@contextmanager
+def exclusive(run_dir: str | Path):
+    """Hold the run dir's driver lock for the block; another live holder is a one-line ConfigError."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by Ray's processes (close-on-exec)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another medsweep driver is running a sweep in {run_dir} ({holder(path)}); "
+                              f"wait for it to finish or stop it, then run the same command to resume") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}).encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def holder(path: Path) -> str:
+    """Who holds the lock, as its file says (pid, host, start time), for a person to read."""
+    try:
+        info = json.loads(path.read_text())
+        return f"pid {int(info['pid'])} on {str(info['host'])[:80]}, started {str(info['started'])[:40]}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its pid is not recorded yet"
+
+
+class Stop:
+    """SIGTERM during the sweep becomes Ray Tune's graceful SIGINT stop; remembers the signal.
+    Install after `ray.init` (which sets its own SIGTERM handler)."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self.previous = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum, frame):
+        self.signal_name = "SIGTERM"
+        # Whatever handles SIGINT now: Tune's graceful stop during fit(), KeyboardInterrupt otherwise.
+        signal.raise_signal(signal.SIGINT)
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self.previous)
+
+    def check(self, results, planned: int) -> None:
+        """Raise Interrupted if the sweep stopped before every trial finished (completed, stopped
+        early by the scheduler, or errored)."""
+        unfinished = len(results) - results.num_terminated - results.num_errors
+        if unfinished <= 0 and self.signal_name is None:
+            return
+        done = results.num_terminated + results.num_errors
+        raise Interrupted(f"sweep interrupted ({self.signal_name or 'SIGINT'}): {done} of {planned} trial(s) finished, "
+                          f"nothing promoted; run the same command to resume", self.signal_name or "SIGINT")
