@@ -122,3 +122,29 @@ def test_a_crash_during_promotion_leaves_the_previous_model_loadable(two_checkpo
     history = promote.read_history(run_dir)
     assert history[-1]["previous_version"] == history[-2]["version"]
     assert latest.resolve().name == history[-1]["version"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bit_flipped"])
+def test_a_corrupted_checkpoint_is_never_promoted(two_checkpoints, tmp_path, damage):
+    """trial.json records the sha256 of the checkpoint's weight files when the trial saves it; a
+    checkpoint whose weights no longer match is refused in one line before anything is written."""
+    import shutil
+
+    from medsweep.config import ConfigError
+    from medsweep.hf import DIGEST_FIELD
+
+    checkpoints, promoted_once = two_checkpoints
+    run_dir = tmp_path / "run"
+    shutil.copytree(promoted_once, run_dir, symlinks=True)
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(checkpoints[1], checkpoint)
+    recorded = json.loads((checkpoint / "trial.json").read_text())[DIGEST_FIELD]
+    assert set(recorded) == {"model.safetensors"}  # written by the trial itself
+    weights = checkpoint / "model.safetensors"
+    content = weights.read_bytes()
+    weights.write_bytes(content[: len(content) - 100] if damage == "truncated" else content[:-7] + b"\x00" * 7)
+    with pytest.raises(ConfigError, match="does not match the sha256 recorded") as info:
+        promote_checkpoint(checkpoint, run_dir)
+    assert "\n" not in str(info.value)
+    assert version_dirs(run_dir) == ["v001"] and (run_dir / "promoted").resolve().name == "v001"
+    assert history_versions(run_dir) == ["v001"]

@@ -168,3 +168,98 @@ def test_killed_driver_resumes_with_the_same_command(tmp_path):
             assert (run_dir / "ray" / "sweep" / name / "result.json").read_text() == text
     assert len(list((run_dir / "ray" / "sweep").glob("*/result.json"))) == 3
     assert (run_dir / "promoted" / "metrics.json").exists()
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow  # one real Ray trial
+def test_disk_full_while_saving_a_checkpoint_fails_the_trial_and_keeps_the_promoted_model(tmp_path, smoke_sweep,
+                                                                                           ray_cleanup):
+    """ENOSPC injected in the trial process at its second checkpoint save: the trial fails with the
+    reason on the leaderboard, and the run dir's promoted model (from an earlier sweep) is untouched."""
+    import shutil
+
+    from medsweep.serving.inference import load_promoted
+
+    earlier, _, _ = smoke_sweep
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copytree(earlier / "promoted-versions", run_dir / "promoted-versions")
+    (run_dir / "promoted").symlink_to(os.readlink(earlier / "promoted"))
+    before = _tree_digest(run_dir / "promoted-versions")
+    config = compose_config(TINY + ["trainer.epochs=3", "cluster.num_cpus=1", "sweep.max_failures=0"], run_dir=run_dir)
+    space, splits = sweep.preflight(config)
+
+    def disk_full_trial(sampled, base_config):
+        import errno
+
+        from transformers import Trainer
+
+        from medsweep.search.sweep import tune_trial
+
+        original, saves = Trainer._save_checkpoint, []
+
+        def save(self, *args, **kwargs):
+            saves.append(1)
+            if len(saves) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device (injected)")
+            return original(self, *args, **kwargs)
+
+        Trainer._save_checkpoint = save
+        tune_trial(sampled, base_config)
+
+    results = sweep.run_sweep(config, space, num_train=len(splits.train), trainable_fn=disk_full_trial)
+    assert results[0].error is not None
+    row = leaderboard(run_dir)[0]
+    assert row["status"] == "error" and "No space left on device" in row["error"]
+    assert _tree_digest(run_dir / "promoted-versions") == before
+    assert load_promoted(run_dir / "promoted").predict(["Acute myocardial infarction."]).shape[0] == 1
+
+
+@pytest.mark.slow  # two real sweeps in subprocesses
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_the_sweep_cleanly_and_the_same_command_resumes(tmp_path, signum):
+    """SIGTERM or Ctrl-C (SIGINT) to a running driver: it stops the trials, saves the experiment, says
+    how far it got, promotes nothing and exits 143/130. Meanwhile a second driver on the same run dir
+    refuses naming it. The same command then resumes and finishes the sweep."""
+    from tests.conftest import run_cli
+
+    run_dir = tmp_path / "run"
+    args = ["+sweep=smoke", "sweep.num_trials=3", "sweep.max_concurrent=1", "data.max_train_samples=96",
+            "data.max_eval_samples=60", "trainer.max_length=32", f"hydra.run.dir={run_dir}"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        driver = subprocess.Popen([sys.executable, "-m", "medsweep.run", *args], cwd=ROOT, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        try:
+            deadline = time.time() + 240
+            while time.time() < deadline and not ((run_dir / "leaderboard.csv").exists() and leaderboard(run_dir)):
+                assert driver.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
+                time.sleep(0.3)
+            assert leaderboard(run_dir), "no trial finished before the deadline"
+            second = run_cli(*args, timeout=120)
+            assert second.returncode == 2 and f"pid {driver.pid} on" in second.stderr, second.stderr[-2000:]
+            driver.send_signal(signum)
+            code = driver.wait(timeout=180)
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+                driver.wait(timeout=30)
+    err = (tmp_path / "stderr.txt").read_text()
+    assert code == {signal.SIGTERM: 143, signal.SIGINT: 130}[signum], err[-3000:]
+    assert "sweep interrupted" in err and "run the same command to resume" in err and "Traceback" not in err
+    assert not (run_dir / "promoted").exists()
+    finished = {r["trial_id"] for r in leaderboard(run_dir)}
+
+    resumed = run_cli(*args, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming the sweep" in resumed.stdout
+    rows = leaderboard(run_dir)
+    assert len(rows) == 3 and {r["trial_id"] for r in rows} >= finished
+    assert all(r["status"] == "completed" for r in rows)
+    assert (run_dir / "promoted" / "metrics.json").exists()
