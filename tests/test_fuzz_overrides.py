@@ -12,13 +12,12 @@ import sys
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from omegaconf import OmegaConf
 
 from medsweep import data, run
 from medsweep.config import MedsweepConfig
 from medsweep.search import sweep
 from tests.conftest import compose_config
-
-from omegaconf import OmegaConf
 
 # cluster.address would wait 5 s for a random host; the trackers are checked after preflight.
 KEYS = [k for k in run.schema_keys(OmegaConf.structured(MedsweepConfig))

@@ -21,7 +21,7 @@ import os
 import signal
 import socket
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from medsweep.config import ConfigError
@@ -53,7 +53,7 @@ def exclusive(run_dir: str | Path):
                               f"wait for it to finish or stop it, then run the same command to resume") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                  "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}).encode(), 0)
+                                  "started": datetime.now(UTC).isoformat(timespec="seconds")}).encode(), 0)
         yield path
     finally:
         os.close(fd)  # releases the lock

@@ -133,7 +133,8 @@ def test_predict_cli_refuses_pickle_only_weights_in_one_line(tiny_model, tmp_pat
     source = tmp_path / "in.csv"
     pd.DataFrame({"text": ["Acute myocardial infarction."]}).to_csv(source, index=False)
     proc = subprocess.run([sys.executable, "-m", "medsweep.predict", f"model={folder}", f"input={source}",
-                           f"output={tmp_path / 'out.csv'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                           f"output={tmp_path / 'out.csv'}"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          check=False)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "pytorch_model.bin" in lines[0] and "Traceback" not in proc.stderr
@@ -175,3 +176,16 @@ def test_a_changed_checkpoint_weight_file_is_detected(tiny_model, tmp_path):
     (checkpoint / "trial.json").write_text(json.dumps({**info, "label_names": "a,b"}))
     with pytest.raises(ConfigError, match="label_names"):
         read_checkpoint_info(checkpoint)
+
+
+@pytest.mark.parametrize("kind", ["remote_code_config", "pickle_only_weights"])
+def test_a_hostile_checkpoint_is_refused_at_promotion(kind, tiny_model, tmp_path):
+    """A checkpoint folder is read the same way: promotion refuses it before anything runs or is written."""
+    from medsweep.release.promote import promote_checkpoint
+
+    folder, marker = hostile(kind, tiny_model, tmp_path)
+    (folder / "trial.json").write_text(json.dumps({"metrics": {"evaluation": 1}, "config": {"model": {}},
+                                                   "label_names": ["a", "b"], "data_fingerprints": {}}))
+    with pytest.raises(ConfigError, match=KINDS[kind]):
+        promote_checkpoint(folder, tmp_path / "run")
+    assert not marker.exists() and not (tmp_path / "run" / "promoted").exists()

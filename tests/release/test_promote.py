@@ -7,8 +7,8 @@ import pytest
 import ray
 
 from medsweep.release import promote
-from medsweep.search import ranking, sweep
 from medsweep.release.promote import promote_checkpoint
+from medsweep.search import ranking, sweep
 from tests.conftest import TINY, compose_config
 
 

@@ -38,9 +38,8 @@ def test_a_second_driver_refuses_naming_the_first_and_a_killed_ones_lock_is_gone
         assert "another medsweep driver is running a sweep" in lines[0]
         assert not (run_dir / "ray").exists() and not (run_dir / "data_summary.json").exists()  # nothing started
         # In-process too: the same one-line refusal.
-        with pytest.raises(ConfigError, match=f"pid {first.pid}"):
-            with driver.exclusive(run_dir):
-                pass
+        with pytest.raises(ConfigError, match=f"pid {first.pid}"), driver.exclusive(run_dir):
+            pass
     finally:
         first.send_signal(signal.SIGKILL)  # a crashed driver: no cleanup ran
         first.wait(timeout=30)
