@@ -1,19 +1,29 @@
-"""Wall time to reach a target validation macro-F1: medsweep's sweep (Optuna TPE + ASHA on Ray,
-parallel trials) vs `transformers.Trainer.hyperparameter_search(backend="optuna")` (sequential
-trials, no early stopping), with the same search space, trial budget, model and data subset.
+"""Time to a good model: medsweep's sweep as shipped (Optuna TPE + the shipped scheduler, rungs from
+trainer.evaluations, two 1-thread trials side by side) vs `Trainer.hyperparameter_search(backend="optuna")`
+with its defaults (TPE, Optuna's default MedianPruner at each per-epoch evaluation, one trial at a
+time on both threads) and vs Ray Tune's own defaults (random search + FIFO, one evaluation per epoch),
+on the same search space, trial budget, model and data, repeated over seeds in one process run.
 
-    python experiments/bench_search.py --quick     # ~15 min on 2 cores
-    python experiments/bench_search.py             # ~40 min
+    python experiments/bench_search.py                      # 3 seeds x 3 sides, ~10 min on 2 cores
+    python experiments/bench_search.py --schedulers asha hyperband median   # which scheduler to ship
 
-Prints the best F1 each reached, a table of times to several target F1s from the same two runs,
-and, last, `ratio=X.XX` for --target (medsweep's time over Trainer.hyperparameter_search's; goal
-<= 0.35). A side that never reaches a target is charged its whole run time (marked *).
+The model is the tiny random BERT (2 layers, built locally), not MiniLM: one MiniLM trial of 200
+abstracts x 2 epochs takes ~50 s on 2 cores, so 3 seeds x 3 sides x 8 trials would be ~1 h; the tiny
+model learns Medical Abstracts from scratch in seconds per trial, and whether it learns depends strongly
+on the learning rate, so the search has something to find.
+
+For each seed and each pair (medsweep vs another side): the target is the best validation macro-F1
+either side found, minus 0.01; each side's time is from its own start (medsweep's includes starting
+Ray) to its first evaluation at or above the target (a side that never gets there is charged its whole
+search, marked *). Prints per-seed times, the median and spread of each ratio, and, last,
+`ratio=X.XX`: the median over seeds of medsweep's time over hyperparameter_search's (goal <= 0.35).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import copy
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -23,32 +33,29 @@ import torch
 from transformers import DataCollatorWithPadding, Trainer
 
 from medsweep import data
-from medsweep.config import MedsweepConfig
-from medsweep.training.model import build_model, load_tokenizer
 from medsweep.hf import quiet_libraries
+from medsweep.run import compose
+from medsweep.training.model import build_model, load_tokenizer
 from medsweep.training.trial import compute_metrics, tokenize, training_arguments
 
-TARGETS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
-SPACE = {"trainer": {"learning_rate": {"type": "loguniform", "lower": 1e-5, "upper": 5e-4},
+SPACE = {"trainer": {"learning_rate": {"type": "loguniform", "lower": 1e-5, "upper": 1e-2},
                      "warmup_ratio": {"type": "uniform", "lower": 0.0, "upper": 0.2}}}
+MARGIN = 0.01
 
 
-def make_config(run_dir: str, train_samples: int, epochs: int, trials: int) -> dict:
-    config = dataclasses.asdict(MedsweepConfig())
-    config["data"].update(text_column="medical_abstract", label_column="condition_label",
-                          path="builtin:medical_abstracts", label_names_path="builtin:medical_abstracts_labels",
-                          max_train_samples=train_samples, max_eval_samples=200)
-    config["trainer"].update(epochs=epochs)
-    config["sweep"].update(name="bench", num_trials=trials, max_concurrent=2, search_space=SPACE, seed=0)
-    # Two 1-thread trials side by side on a 2-core machine (the HF side gets both threads).
-    config["cluster"].update(cpus_per_trial=1, num_cpus=2)
-    config["promote"]["enabled"] = False
-    config["run_dir"] = run_dir
+def make_config(run_dir: str, args, seed: int) -> dict:
+    config = compose(["model=tiny_random", f"data.max_train_samples={args.samples}", "data.max_eval_samples=200",
+                      f"trainer.epochs={args.epochs}", "trainer.max_length=64", "trainer.batch_size=16",
+                      f"sweep.num_trials={args.trials}", "sweep.max_concurrent=2", f"sweep.seed={seed}",
+                      "cluster.cpus_per_trial=1", "cluster.num_cpus=2", "promote.enabled=false"], run_dir)
+    config["sweep"].update(name="bench", search_space=copy.deepcopy(SPACE))
     return config
 
 
-def medsweep_search(config: dict) -> tuple[list[tuple[float, float]], float]:
-    """[(seconds since the start, validation macro-F1) per evaluation], whole run time."""
+def medsweep_search(config: dict) -> tuple[list[tuple[float, float]], float, int]:
+    """[(seconds since the start, validation macro-F1) per evaluation], whole run time, trials stopped early."""
+    import pandas as pd
+
     from medsweep.reporting.report import load_trials
     from medsweep.run import execute
 
@@ -56,19 +63,23 @@ def medsweep_search(config: dict) -> tuple[list[tuple[float, float]], float]:
     execute(config)
     total = time.time() - started
     ray.shutdown()
+    run_dir = Path(config["run_dir"])
+    stopped = int((pd.read_csv(run_dir / "leaderboard.csv")["status"] == "early_stopped").sum())
     # Ray's timestamps are whole seconds since the epoch; `started` is the same clock.
-    return [(row.timestamp - started, row.val_f1_macro) for trial in load_trials(Path(config["run_dir"]) / "ray" / "sweep")
-            for row in trial.history.itertuples()], total
+    return [(row.timestamp - started, row.val_f1_macro) for trial in load_trials(run_dir / "ray" / "sweep")
+            for row in trial.history.itertuples()], total, stopped
 
 
-def hf_search(config: dict, trials: int) -> tuple[list[tuple[float, float]], float]:
+def hf_search(config: dict, seed: int) -> tuple[list[tuple[float, float]], float, int]:
+    import optuna
+
+    evaluations = []
+    started = time.time()
     torch.set_num_threads(2)
     splits = data.load_splits(config["data"])
     tokenizer = load_tokenizer(config["model"])
     train = tokenize(splits.train, tokenizer, config["trainer"]["max_length"])
     val = tokenize(splits.validation, tokenizer, config["trainer"]["max_length"])
-    evaluations = []
-    started = time.time()
 
     def metrics_with_clock(prediction):
         scores_now = compute_metrics(prediction)
@@ -76,8 +87,7 @@ def hf_search(config: dict, trials: int) -> tuple[list[tuple[float, float]], flo
         return scores_now
 
     def space(trial):
-        lr = SPACE["trainer"]["learning_rate"]
-        warm = SPACE["trainer"]["warmup_ratio"]
+        lr, warm = SPACE["trainer"]["learning_rate"], SPACE["trainer"]["warmup_ratio"]
         return {"learning_rate": trial.suggest_float("learning_rate", lr["lower"], lr["upper"], log=True),
                 "warmup_steps": trial.suggest_float("warmup_steps", warm["lower"], warm["upper"])}
 
@@ -86,48 +96,89 @@ def hf_search(config: dict, trials: int) -> tuple[list[tuple[float, float]], flo
                           args=training_arguments(config["trainer"], out, torch.float32, save=False),
                           train_dataset=train, eval_dataset=val, data_collator=DataCollatorWithPadding(tokenizer),
                           processing_class=tokenizer, compute_metrics=metrics_with_clock)
-        import optuna
+        studies = []
+        original = optuna.create_study
 
-        trainer.hyperparameter_search(hp_space=space, backend="optuna", n_trials=trials, direction="maximize",
-                                      compute_objective=lambda metrics: metrics["eval_f1_macro"],
-                                      sampler=optuna.samplers.TPESampler(seed=0))
-    return evaluations, time.time() - started
+        def keep(*a, **k):
+            studies.append(original(*a, **k))
+            return studies[-1]
+
+        optuna.create_study = keep  # to count the trials its default pruner stopped
+        try:
+            # Its defaults: Optuna's TPESampler (seeded here, as medsweep's is) and create_study's
+            # default MedianPruner, which the Trainer consults at every evaluation.
+            trainer.hyperparameter_search(hp_space=space, backend="optuna", n_trials=config["sweep"]["num_trials"],
+                                          direction="maximize", compute_objective=lambda m: m["eval_f1_macro"],
+                                          sampler=optuna.samplers.TPESampler(seed=seed))
+        finally:
+            optuna.create_study = original
+    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in studies[0].trials) if studies else 0
+    return evaluations, time.time() - started, pruned
 
 
-def time_to(evaluations: list[tuple[float, float]], target: float) -> float:
+def time_to(evaluations: list[tuple[float, float]], target: float, total: float) -> tuple[float, bool]:
     hits = [t for t, f1 in evaluations if f1 >= target]
-    return min(hits) if hits else float("inf")
+    return (min(hits), True) if hits else (total, False)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="200 samples x 2 epochs x 6 trials")
-    parser.add_argument("--target", type=float, default=None, help="validation macro-F1 to reach")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--samples", type=int, default=400)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--evaluations", type=int, default=None,
+                        help="trainer.evaluations on medsweep's side (default: what the shipped sweeps use)")
+    parser.add_argument("--schedulers", nargs="+", default=None,
+                        help="medsweep sides to run (default: the shipped scheduler only)")
     args = parser.parse_args()
     quiet_libraries()
-    samples, epochs, trials = (200, 2, 6) if args.quick else (400, 3, 10)
-    target = args.target or (0.35 if args.quick else 0.5)
-    with tempfile.TemporaryDirectory() as run_dir:
-        config = make_config(run_dir, samples, epochs, trials)
-        ours, ours_total = medsweep_search(config)
-        theirs, theirs_total = hf_search(config, trials)
-    print(f"MiniLM full fine-tune, {samples} samples x {epochs} epochs, {trials} trials, 2 CPU cores")
-    print(f"{'':34s} best val macro-F1   whole search")
-    print(f"{'medsweep (TPE+ASHA, 2 parallel)':34s} {max(f for _, f in ours):17.3f}   {ours_total:9.0f} s")
-    print(f"{'Trainer.hyperparameter_search':34s} {max(f for _, f in theirs):17.3f}   {theirs_total:9.0f} s")
-    # Time to reach each target from the same two runs; a side that never reaches it is charged its
-    # whole search time (a lower bound on what it would need).
-    print("target F1   medsweep s   hyperparameter_search s   ratio")
-    for level in sorted({*TARGETS, target}):
-        a, b = time_to(ours, level), time_to(theirs, level)
-        a_t, b_t = (a if a != float("inf") else ours_total), (b if b != float("inf") else theirs_total)
-        print(f"{level:9.2f}   {a_t:8.0f}{'' if a != float('inf') else '*'}   {b_t:21.0f}{'' if b != float('inf') else '*'}"
-              f"   {a_t / b_t:5.2f}")
+    shipped = compose(["+sweep=lr_lora"])
+    schedulers = args.schedulers or [shipped["sweep"]["scheduler"]]
+    evaluations = args.evaluations or shipped["trainer"]["evaluations"]
+    sides = [f"medsweep/{name}" for name in schedulers] + ["hyperparameter_search", "ray defaults"]
+    runs: dict[str, list] = {side: [] for side in sides}
+    for index, seed in enumerate(args.seeds):
+        order = sides[index % len(sides):] + sides[:index % len(sides)]  # rotated: drift hits every side
+        for side in order:
+            with tempfile.TemporaryDirectory() as run_dir:
+                config = make_config(run_dir, args, seed)
+                if side.startswith("medsweep/"):
+                    config["sweep"]["scheduler"] = side.split("/", 1)[1]
+                    config["trainer"]["evaluations"] = evaluations
+                    run = medsweep_search(config)
+                elif side == "ray defaults":
+                    config["sweep"].update(searcher="random", scheduler="fifo")
+                    run = medsweep_search(config)
+                else:
+                    run = hf_search(config, seed)
+            runs[side].append(run)
+            evals, total, stopped = run
+            print(f"seed {seed}  {side:24s} best {max(f for _, f in evals):.3f}  whole search {total:6.1f} s  "
+                  f"{stopped} of {args.trials} stopped early", flush=True)
+
+    print(f"\ntiny random BERT, {args.samples} abstracts x {args.epochs} epochs, max_length 64, {args.trials} trials, "
+          f"2 CPU cores; medsweep: trainer.evaluations={evaluations}, 2 trials side by side")
+    ratios: dict[tuple[str, str], list[float]] = {}
+    for ours in sides[:len(schedulers)]:
+        for other in sides[len(schedulers):]:
+            print(f"{ours} vs {other}: time to within {MARGIN} of the best either found")
+            for seed, (a, b) in zip(args.seeds, zip(runs[ours], runs[other])):
+                target = max(f for run in (a, b) for _, f in run[0]) - MARGIN
+                (ta, ha), (tb, hb) = time_to(a[0], target, a[1]), time_to(b[0], target, b[1])
+                ratios.setdefault((ours, other), []).append(ta / tb)
+                print(f"  seed {seed}: target {target:.3f}  {ta:6.1f}{'' if ha else '*'} s vs {tb:6.1f}{'' if hb else '*'} s"
+                      f"  ratio {ta / tb:.2f}")
     print("* never reached: whole search time")
-    a, b = time_to(ours, target), time_to(theirs, target)
-    a_t, b_t = (a if a != float("inf") else ours_total), (b if b != float("inf") else theirs_total)
-    print(f"target={target}")
-    print(f"ratio={a_t / b_t:.2f}")
+    for (ours, other), values in ratios.items():
+        print(f"{ours} / {other}: median {statistics.median(values):.2f}  spread {min(values):.2f}-{max(values):.2f}"
+              f"  over seeds {args.seeds}")
+    for side in sides:
+        totals = [run[1] for run in runs[side]]
+        print(f"{side:24s} whole search median {statistics.median(totals):6.1f} s, best F1 median "
+              f"{statistics.median(max(f for _, f in run[0]) for run in runs[side]):.3f}")
+    print(f"ratio={statistics.median(ratios[(sides[0], 'hyperparameter_search')]):.2f}")
+
 
 if __name__ == "__main__":
     main()

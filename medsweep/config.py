@@ -71,6 +71,9 @@ class DataConfig:
     # Mask names, dates, phone numbers, e-mails, record numbers, addresses, URLs and SSNs in the
     # texts as they are read (medsweep/deid.py), before anything is logged, trained or written.
     deidentify: bool = False
+    # Tokenized splits are kept under <run dir>/cache/tokens, keyed by the tokenizer, max_length, the
+    # columns and the rows themselves, and shared by every trial and seed re-run (medsweep/data/cache.py).
+    cache: bool = True
 
 
 @dataclass
@@ -88,6 +91,9 @@ class TrainerConfig:
     gradient_accumulation_steps: int = 1
     # 0: evaluate once per epoch; N > 0: every N optimizer steps.
     eval_every_steps: int = 0
+    # N > 0: N evaluations spread evenly over each trial's own steps (overrides eval_every_steps), so
+    # that ASHA's rungs (counted in evaluations) fall at the same fractions of every trial's budget.
+    evaluations: Optional[int] = None
     # Batches of similar length waste fewer pad tokens under dynamic padding.
     group_by_length: bool = True
     # Stop after this many optimizer steps (null: train for `epochs`).
@@ -151,8 +157,10 @@ class SweepConfig:
     # Optuna's own default (10) would leave every sweep of up to 10 trials a purely random search
     # (experiments/bench_tpe_startup.py: the best trial lands closer to the optimum from ~12 trials on).
     startup_trials: Optional[int] = None
-    scheduler: str = "asha"  # asha | none
-    # ASHA: evaluations a trial always gets before it can be stopped.
+    # asha | hyperband (Ray's synchronous HyperBand brackets) | median (median stopping rule) |
+    # fifo (no early stopping; "none" is the same). Which one wins: experiments/bench_search.py.
+    scheduler: str = "asha"
+    # ASHA / median: evaluations a trial always gets before it can be stopped.
     grace_period: int = 1
     reduction_factor: int = 2
     # Retries of a failed trial, each from its last checkpoint (0: a failed trial stays failed).
@@ -205,6 +213,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "4bit")
 TRACKERS = ("none", "wandb")
 TRACKER_MODES = ("offline", "online", "disabled")
+SCHEDULERS = ("asha", "hyperband", "median", "fifo", "none")
 
 
 def validate(config: dict) -> None:
@@ -245,7 +254,8 @@ def validate(config: dict) -> None:
         (s["mode"] in METRIC_MODES, f"sweep.mode must be one of {METRIC_MODES}, got {s['mode']!r}"),
         (s["startup_trials"] is None or s["startup_trials"] >= 1, f"sweep.startup_trials must be >= 1 or null, got {s['startup_trials']}"),
         (s["searcher"] in ("optuna", "random"), f"sweep.searcher must be optuna or random, got {s['searcher']!r}"),
-        (s["scheduler"] in ("asha", "none"), f"sweep.scheduler must be asha or none, got {s['scheduler']!r}"),
+        (s["scheduler"] in SCHEDULERS, f"sweep.scheduler must be one of {SCHEDULERS}, got {s['scheduler']!r}"),
+        (t["evaluations"] is None or t["evaluations"] >= 1, f"trainer.evaluations must be >= 1 or null, got {t['evaluations']}"),
         (s["grace_period"] >= 1, "sweep.grace_period must be >= 1"),
         (s["reduction_factor"] >= 2, "sweep.reduction_factor must be >= 2"),
         (s["max_failures"] >= -1, "sweep.max_failures must be >= 0 (or -1: retry forever)"),

@@ -31,6 +31,9 @@ TRIAL_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
     "DATASETS_VERBOSITY": "error",
 }
+# Ray's internal settings for an embedded (local) cluster; see init_ray.
+LOCAL_RAY_SYSTEM_CONFIG = {"enable_worker_prestart": False, "prestart_worker_first_driver": False,
+                           "enable_metrics_collection": False}
 
 
 def tune_trial(sampled: dict, base_config: dict) -> None:
@@ -130,8 +133,13 @@ def init_ray(cluster: dict) -> None:
     if cluster["address"] is None:
         # address="local": always a fresh embedded Ray, even when RAY_ADDRESS (set by an earlier
         # ray.init in this environment, or by a cluster shell) points elsewhere.
+        # On a small machine Ray's fixed costs compete with the trials for the cores: no usage-stats
+        # reporter, and no worker processes prestarted at init (Ray starts one per CPU, idle, and a
+        # trial with our runtime_env cannot use them anyway); metrics collection is for the
+        # dashboard, which is off.
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(address="local", num_cpus=cluster["num_cpus"], include_dashboard=False, runtime_env=runtime_env,
-                 configure_logging=True, logging_level="WARNING")
+                 configure_logging=True, logging_level="WARNING", _system_config=LOCAL_RAY_SYSTEM_CONFIG)
     else:
         try:
             ray.init(address=cluster["address"], runtime_env=runtime_env, logging_level="WARNING")
@@ -174,8 +182,12 @@ def startup_trials(sweep: dict) -> int:
 
 
 def max_evaluations(config: dict, num_train: int) -> int:
-    """The most evaluations any trial of this sweep can run: ASHA's max_t (its rungs stop there)."""
+    """The most evaluations any trial of this sweep can run: the schedulers' max_t (their rungs stop there)."""
+    from medsweep.training.trial import optimizer_steps
+
     trainer = config["trainer"]
+    if trainer["evaluations"]:
+        return trainer["evaluations"]
     leaves = {path: spec for path, spec in flatten(config["sweep"]["search_space"]).items()}
 
     def extreme(path: str, largest: bool):
@@ -186,27 +198,40 @@ def max_evaluations(config: dict, num_train: int) -> int:
             return (max if largest else min)(spec["values"])
         return spec["upper"] if largest else spec["lower"]
 
-    epochs = extreme("trainer.epochs", largest=True)
-    smallest_batch = extreme("trainer.batch_size", largest=False) * extreme("trainer.gradient_accumulation_steps", largest=False)
-    steps_per_epoch = math.ceil(num_train / smallest_batch)
-    total_steps = trainer["max_steps"] or math.ceil(steps_per_epoch * epochs)
+    longest = dict(trainer, epochs=extreme("trainer.epochs", largest=True),
+                   batch_size=extreme("trainer.batch_size", largest=False),
+                   gradient_accumulation_steps=extreme("trainer.gradient_accumulation_steps", largest=False))
+    total_steps = optimizer_steps(longest, num_train)
     if trainer["eval_every_steps"]:
         return max(1, math.ceil(total_steps / trainer["eval_every_steps"]))
-    return max(1, math.ceil(min(epochs, total_steps / steps_per_epoch)))
+    steps_per_epoch = optimizer_steps(dict(longest, epochs=1, max_steps=None), num_train)
+    return max(1, math.ceil(min(longest["epochs"], total_steps / steps_per_epoch)))
 
 
 def build_scheduler(config: dict, num_train: int):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    """sweep.scheduler as a Ray Tune scheduler. Trials report once per evaluation, so the time unit
+    is evaluations (training_iteration): with trainer.evaluations=N every trial's rungs sit at the
+    same fractions of its own budget."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule
 
     sweep = config["sweep"]
-    if sweep["scheduler"] == "asha" and sweep["num_trials"] > 1:
-        # Trials report once per evaluation, so ASHA's time unit is evaluations. ASHA ranks trials
-        # by one number: with several objectives TuneConfig names no metric, and ASHA is given the
-        # primary one (Ray refuses a metric set in both places).
-        primary = {"metric": sweep["metric"], "mode": sweep["mode"]} if len(objectives(sweep)) > 1 else {}
-        return ASHAScheduler(time_attr="training_iteration", max_t=max_evaluations(config, num_train), **primary,
-                             grace_period=sweep["grace_period"], reduction_factor=sweep["reduction_factor"])
-    return FIFOScheduler()
+    name = sweep["scheduler"]
+    if name in ("fifo", "none") or sweep["num_trials"] == 1:
+        return FIFOScheduler()
+    # The schedulers rank trials by one number: with several objectives TuneConfig names no metric,
+    # and the scheduler is given the primary one (Ray refuses a metric set in both places).
+    primary = {"metric": sweep["metric"], "mode": sweep["mode"]} if len(objectives(sweep)) > 1 else {}
+    max_t = max_evaluations(config, num_train)
+    if name == "hyperband":
+        # Synchronous brackets: trials pause at each rung until their bracket is complete, then the
+        # best 1/reduction_factor continue from their checkpoint (tune_trial resumes from it).
+        return HyperBandScheduler(time_attr="training_iteration", max_t=max_t,
+                                  reduction_factor=sweep["reduction_factor"], **primary)
+    if name == "median":
+        return MedianStoppingRule(time_attr="training_iteration", grace_period=sweep["grace_period"],
+                                  min_samples_required=2, **primary)
+    return ASHAScheduler(time_attr="training_iteration", max_t=max_t, **primary,
+                         grace_period=sweep["grace_period"], reduction_factor=sweep["reduction_factor"])
 
 
 def build_tuner(config: dict, function, param_space: dict, name: str, *, tune_config: dict, reporter,
@@ -242,6 +267,9 @@ def trainable_of(config: dict, function, **parameters):
 
     cluster = config["cluster"]
     init_ray(cluster)
+    # Ray runs each trial in its own working directory: paths in the config a trial resolves itself
+    # (the token cache under the run dir) must be absolute.
+    config = dict(config, run_dir=str(Path(config["run_dir"]).resolve()))
     return tune.with_resources(tune.with_parameters(function, base_config=config, **parameters),
                                {"cpu": cluster["cpus_per_trial"], "gpu": cluster["gpus_per_trial"]})
 

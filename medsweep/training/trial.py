@@ -23,6 +23,7 @@ from transformers import DataCollatorWithPadding, PrinterCallback, TrainerCallba
 from transformers.trainer_utils import get_last_checkpoint
 
 from medsweep import data
+from medsweep.data import cache
 from medsweep.evaluation import metrics, subgroups
 from medsweep.evaluation.metrics import is_metric_name
 from medsweep.hf import DIGEST_FIELD, quiet_libraries, weight_digests
@@ -169,6 +170,11 @@ class TrialData:
     train_set: Dataset
     val_set: Dataset  # sorted by length, evaluated in that order
     val_groups: dict  # group column -> values, in val_set's order
+    cache_hits: dict  # split -> whether its tokens came from the run's token cache
+
+
+def token_cache_dir(config: dict) -> Path | None:
+    return Path(config["run_dir"]) / "cache" / "tokens" if config["data"].get("cache", True) else None
 
 
 def prepare_data(config: dict, trainer_cfg: dict) -> TrialData:
@@ -177,13 +183,35 @@ def prepare_data(config: dict, trainer_cfg: dict) -> TrialData:
     # Oversampled if asked; class weights are then computed on the rows actually trained on. Augmented
     # after oversampling, so repeated rows get different perturbations; validation/test never are.
     train_rows = augment.augment_training(imbalance.training_split(splits.train, trainer_cfg), trainer_cfg)
-    train_set = tokenize(train_rows, tokenizer, trainer_cfg["max_length"])
-    val_set = tokenize(splits.validation, tokenizer, trainer_cfg["max_length"])
+    directory, max_length = token_cache_dir(config), trainer_cfg["max_length"]
+    tokenizer_id = cache.tokenizer_digest(tokenizer, config["model"]) if directory else ""
+    (train_set, train_hit), (val_set, val_hit) = (
+        cache.cached(directory, cache.cache_key(rows, tokenizer_id, max_length), lambda rows=rows: tokenize(rows, tokenizer, max_length))
+        for rows in (train_rows, splits.validation))
     # Evaluation runs over the validation rows sorted by length (least padding) in that fixed order
     # (SortedEvalTrainer), so each prediction lines up with its row's group values.
     order = np.argsort(val_set["length"], kind="stable")
     val_groups = {column: values[order] for column, values in subgroups.group_columns(splits.validation).items()}
-    return TrialData(splits, tokenizer, train_rows, train_set, val_set.select(order), val_groups)
+    return TrialData(splits, tokenizer, train_rows, train_set, val_set.select(order), val_groups,
+                     {"train": train_hit, "validation": val_hit})
+
+
+def optimizer_steps(trainer_cfg: dict, num_train: int) -> int:
+    """The optimizer steps a trial takes (as the HF Trainer counts them: batches per epoch, rounded
+    up per accumulation, times epochs, rounded up; or trainer.max_steps)."""
+    if trainer_cfg["max_steps"]:
+        return int(trainer_cfg["max_steps"])
+    batches = math.ceil(num_train / trainer_cfg["batch_size"])
+    per_epoch = max(1, math.ceil(batches / trainer_cfg["gradient_accumulation_steps"]))
+    return math.ceil(trainer_cfg["epochs"] * per_epoch)
+
+
+def evaluation_interval(trainer_cfg: dict, num_train: int) -> int:
+    """trainer.eval_every_steps, or with trainer.evaluations=N the interval that spreads N
+    evaluations over this trial's own steps (the last one falls on the final step)."""
+    if not trainer_cfg.get("evaluations"):
+        return trainer_cfg["eval_every_steps"]
+    return max(1, math.ceil(optimizer_steps(trainer_cfg, num_train) / trainer_cfg["evaluations"]))
 
 
 def fit(config: dict, trainer_cfg: dict, prepared: TrialData, reporter: EvaluationReporter, dtype: torch.dtype,
@@ -246,6 +274,7 @@ def run_trial(config: dict, on_evaluation: Optional[EvaluationHook] = None,
     torch.set_num_threads(max(1, int(config["cluster"]["cpus_per_trial"])))
     set_seed(trainer_cfg["seed"])
     prepared = prepare_data(config, trainer_cfg)
+    trainer_cfg["eval_every_steps"] = evaluation_interval(trainer_cfg, len(prepared.train_set))
     dtype = precision.resolve_dtype(config["model"]["dtype"])
     first_evaluation = 1 if resume_from is None else read_checkpoint_info(resume_from)["metrics"]["evaluation"] + 1
     reporter = EvaluationReporter(config, prepared.splits.label_names, prepared.splits.fingerprints, on_evaluation,
@@ -265,4 +294,6 @@ def run_trial(config: dict, on_evaluation: Optional[EvaluationHook] = None,
         "data_fingerprints": prepared.splits.fingerprints,
         "batch_size": trainer_cfg["batch_size"],
         "gradient_accumulation_steps": trainer_cfg["gradient_accumulation_steps"],
+        "eval_every_steps": trainer_cfg["eval_every_steps"],
+        "token_cache_hits": prepared.cache_hits,
     }
