@@ -91,6 +91,6 @@ class Stop:
         unfinished = len(results) - results.num_terminated - results.num_errors
         if unfinished <= 0 and self.signal_name is None:
             return
-        done = results.num_terminated + results.num_errors
-        raise Interrupted(f"sweep interrupted ({self.signal_name or 'SIGINT'}): {done} of {planned} trial(s) finished, "
-                          f"nothing promoted; run the same command to resume", self.signal_name or "SIGINT")
+        name = self.signal_name or "SIGINT"
+        raise Interrupted(f"sweep interrupted ({name}) before its {planned} trial(s) finished, nothing promoted; "
+                          f"run the same command to resume (finished trials are kept)", name)
