@@ -70,12 +70,24 @@ def holder(path: Path) -> str:
 
 class Stop:
     """SIGTERM during the sweep becomes Ray Tune's graceful SIGINT stop; remembers the signal.
-    Install after `ray.init` (which sets its own SIGTERM handler)."""
+    Install after `ray.init` (which sets its own SIGTERM handler).
+
+    Ray Tune takes SIGINT over for the run and hands the previous handler (this one) back only when
+    a SIGINT stopped it: after the sweep, this handler being current again means it was interrupted.
+    Ray's ResultGrid cannot tell: the trial stopped mid-run is counted as terminated."""
 
     def __init__(self):
         self.signal_name: str | None = None
         self.previous = signal.getsignal(signal.SIGTERM)
+        self.previous_sigint = signal.getsignal(signal.SIGINT)
+        self.handed_back = False
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame):
+        # Outside Tune's run (or a second Ctrl-C): stop now, as Python would.
+        self.signal_name = self.signal_name or "SIGINT"
+        raise KeyboardInterrupt
 
     def _on_sigterm(self, signum, frame):
         self.signal_name = "SIGTERM"
@@ -83,14 +95,17 @@ class Stop:
         signal.raise_signal(signal.SIGINT)
 
     def restore(self) -> None:
+        tune_handles_sigint = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") in ("", "0")
+        self.handed_back = tune_handles_sigint and signal.getsignal(signal.SIGINT) is self._on_sigint
         signal.signal(signal.SIGTERM, self.previous)
+        signal.signal(signal.SIGINT, self.previous_sigint)
 
     def check(self, results, planned: int) -> None:
         """Raise Interrupted if the sweep stopped before every trial finished (completed, stopped
         early by the scheduler, or errored)."""
         unfinished = len(results) - results.num_terminated - results.num_errors
-        if unfinished <= 0 and self.signal_name is None:
+        if unfinished <= 0 and self.signal_name is None and not self.handed_back:
             return
-        done = results.num_terminated + results.num_errors
-        raise Interrupted(f"sweep interrupted ({self.signal_name or 'SIGINT'}): {done} of {planned} trial(s) finished, "
-                          f"nothing promoted; run the same command to resume", self.signal_name or "SIGINT")
+        name = self.signal_name or "SIGINT"
+        raise Interrupted(f"sweep interrupted ({name}) before its {planned} trial(s) finished, nothing promoted; "
+                          f"run the same command to resume (finished trials are kept)", name)

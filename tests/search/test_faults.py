@@ -178,19 +178,22 @@ def _tree_digest(folder: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow  # one real Ray trial
-def test_disk_full_while_saving_a_checkpoint_fails_the_trial_and_keeps_the_promoted_model(tmp_path, smoke_sweep,
-                                                                                           ray_cleanup):
+def test_disk_full_while_saving_a_checkpoint_fails_the_trial_and_keeps_the_promoted_model(tmp_path, ray_cleanup):
     """ENOSPC injected in the trial process at its second checkpoint save: the trial fails with the
-    reason on the leaderboard, and the run dir's promoted model (from an earlier sweep) is untouched."""
+    reason on the leaderboard, and the run dir's promoted model (from an earlier run) is untouched."""
     import shutil
 
+    from medsweep.release.promote import promote_checkpoint
     from medsweep.serving.inference import load_promoted
 
-    earlier, _, _ = smoke_sweep
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    shutil.copytree(earlier / "promoted-versions", run_dir / "promoted-versions")
-    (run_dir / "promoted").symlink_to(os.readlink(earlier / "promoted"))
+    run_dir, kept = tmp_path / "run", tmp_path / "kept"
+
+    def keep_last(report, checkpoint_dir):
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(checkpoint_dir, kept)
+
+    run_trial(compose_config(TINY, run_dir=tmp_path), on_evaluation=keep_last)
+    promote_checkpoint(kept, run_dir)  # the earlier model, v001
     before = _tree_digest(run_dir / "promoted-versions")
     config = compose_config(TINY + ["trainer.epochs=3", "cluster.num_cpus=1", "sweep.max_failures=0"], run_dir=run_dir)
     space, splits = sweep.preflight(config)
