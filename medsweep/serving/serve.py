@@ -22,6 +22,7 @@ Needs the `serve` extra: pip install "medsweep[serve]".
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations at runtime, and the
 # request model and security classes are local to create_app.
 import asyncio
+import copy
 import hmac
 import json
 import logging
@@ -253,9 +254,25 @@ def create_app(promoted, token: Optional[str], max_request_bytes: int = 1_000_00
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
         return JSONResponse(status_code=422, content={"detail": errors})
 
+    def request_schema() -> dict:
+        """FastAPI's schema with what the endpoint checks itself written in (at most max_batch texts,
+        none blank, pairs exactly when the model being served takes them), so that a client or a
+        fuzzer reading it knows which requests are valid. Built anew per call: a reload can change it."""
+        schema = copy.deepcopy(app.openapi())
+        body = schema["components"]["schemas"]["PredictRequest"]
+        text = {"type": "string", "pattern": r"\S"}
+        body["properties"]["texts"].update(items=text, maxItems=max_batch)
+        if served.current.text_pair_column:
+            body["properties"]["text_pairs"] = {"type": "array", "items": text, "minItems": 1, "maxItems": max_batch,
+                                                "description": "one second text per text, same order"}
+            body["required"] = ["texts", "text_pairs"]
+        else:
+            body["properties"]["text_pairs"] = {"type": "null", "description": "this model takes single texts"}
+        return schema
+
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(authorize)])
     async def openapi() -> JSONResponse:
-        return JSONResponse(app.openapi())
+        return JSONResponse(request_schema())
 
     @app.get("/health")
     async def health() -> Health:
