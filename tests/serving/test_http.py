@@ -1,12 +1,11 @@
-"""The HTTP service against a real uvicorn on 127.0.0.1: one version per load, /reload and SIGHUP
-while requests are in flight, a broken folder, hostile request bodies, and Schemathesis fuzzing
+"""The HTTP service against a real uvicorn on 127.0.0.1: one version per load, /reload while
+requests are in flight (SIGHUP on the CLI server: tests/serving/test_predict_serve.py), a broken folder, hostile request bodies, and Schemathesis fuzzing
 from the service's own OpenAPI schema."""
 
 import contextlib
 import json
 import os
 import shutil
-import signal
 import threading
 import time
 
@@ -19,7 +18,7 @@ from medsweep.release.promote import promote_checkpoint, swap_link
 from medsweep.serving import serve
 from medsweep.serving.inference import PromotedModel, load_promoted
 from tests.conftest import TINY, compose_config
-from tests.serving.test_predict_serve import free_port, start_server, stop
+from tests.serving.test_predict_serve import free_port
 
 TOKEN = "http-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -159,41 +158,6 @@ def test_reload_swaps_versions_and_requests_in_flight_finish_on_the_old_model(ch
         assert httpx.get(f"{url}/health").json()["version"] == "v003"
 
 
-def test_sighup_reloads_the_cli_server(checkpoints, run_dir, tmp_path):
-    _, _, b = checkpoints
-    run, link = run_dir
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = tmp_path / "serve.log"
-    proc = start_server([f"model={link}", f"port={port}"], {serve.TOKEN_ENV: TOKEN}, log_path)
-    try:
-        def version():
-            deadline = time.time() + 120
-            while True:
-                assert proc.poll() is None, log_path.read_text()
-                try:
-                    return httpx.get(f"{url}/health", timeout=2).json()["version"]
-                except httpx.TransportError:
-                    assert time.time() < deadline, log_path.read_text()
-                    time.sleep(0.25)
-
-        assert version() == "v001"
-        # The schema is for token holders only; there is no /docs page.
-        assert httpx.get(f"{url}/openapi.json", timeout=10).status_code == 401
-        assert httpx.get(f"{url}/openapi.json", headers=AUTH, timeout=10).json()["paths"].keys() >= {"/predict", "/reload"}
-        assert httpx.get(f"{url}/docs", headers=AUTH, timeout=10).status_code == 404
-        promote_checkpoint(b, run)
-        proc.send_signal(signal.SIGHUP)
-        deadline = time.time() + 60
-        while version() != "v002":
-            assert time.time() < deadline, log_path.read_text()
-            time.sleep(0.25)
-        assert proc.poll() is None  # SIGHUP reloads; it does not stop the server
-    finally:
-        stop(proc)
-    assert "reloaded on SIGHUP: v001 -> v002" in log_path.read_text()
-
-
 def test_hostile_bodies_get_one_line_4xx(checkpoints, run_dir):
     _, link = run_dir
     model = load_promoted(link)
@@ -234,12 +198,15 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(checkpoints,
     _, link = run_dir
     with serving(serve.create_app(load_promoted(link), TOKEN, max_batch=8)) as url:
         schema = schemathesis.openapi.from_url(f"{url}/openapi.json", headers=AUTH, timeout=10)
-        schema.config.base_url = url  # noqa - where the cases are sent
+        # Too many texts is 413 (declared in the schema) where Schemathesis's default list of
+        # rejections has only 400/422-style codes.
+        rejection = schema.config.checks.negative_data_rejection
+        rejection.expected_statuses = [*rejection.expected_statuses, "413"]
         cases = st.one_of(schema.as_strategy(GenerationMode.POSITIVE), schema.as_strategy(GenerationMode.NEGATIVE))
         seen = []
         stop_at = time.time() + 15
 
-        @settings(max_examples=120, deadline=None, database=None, derandomize=True,
+        @settings(max_examples=100, deadline=None, database=None, derandomize=True,
                   phases=[Phase.generate], suppress_health_check=list(HealthCheck))
         @given(case=cases)
         def fuzz(case):
