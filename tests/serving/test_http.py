@@ -4,7 +4,6 @@ from the service's own OpenAPI schema."""
 
 import contextlib
 import json
-import os
 import shutil
 import threading
 import time
