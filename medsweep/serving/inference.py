@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from medsweep.config import ConfigError
 from medsweep.release import layout
 
 
@@ -49,6 +50,7 @@ class PromotedModel:
     batch_size: int
     version: Optional[str] = None
     folder: Optional[Path] = None  # the version folder it was loaded from
+    source: Optional[Path] = None  # the path it was asked to load (a `promoted` link): what a reload reads again
 
     def predict(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> np.ndarray:
         return predict_proba(self.model, self.tokenizer, list(texts), list(pairs) if pairs is not None else None,
@@ -70,5 +72,14 @@ def load_promoted(model_dir: str | Path, **overrides) -> PromotedModel:
     values = {"text_column": settings.text_column, "text_pair_column": settings.text_pair_column,
               "max_length": settings.max_length, "batch_size": settings.batch_size}
     values.update({k: v for k, v in overrides.items() if v is not None})
+    check_max_length(model, values["max_length"])
     return PromotedModel(model, tokenizer, settings.label_names, version=settings.version, folder=settings.folder,
-                         **values)
+                         source=Path(model_dir), **values)
+
+
+def check_max_length(model, max_length: int) -> None:
+    """A max_length past the model's position embeddings would fail inside the forward pass (an index
+    error with a traceback); it is refused up front with one line instead."""
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(positions, int) and not isinstance(positions, bool) and max_length > positions:
+        raise ConfigError(f"max_length={max_length} is more than this model's {positions} positions")

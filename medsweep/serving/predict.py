@@ -88,6 +88,8 @@ def input_columns(args, settings: layout.Settings) -> tuple[str, Optional[str]]:
 
 def checked_output(output: str, source: str) -> Path:
     path = Path(output).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"output is a folder, not a file: {output} (name the CSV file to write)")
     if not path.parent.is_dir():
         raise ConfigError(f"output folder does not exist: {path.parent}")
     if path.exists() and path.resolve() == Path(source).expanduser().resolve():
@@ -118,8 +120,12 @@ def run(args: PredictArgs) -> Path:
     table = prediction_table(probs, promoted.label_names, ids, args.id_column)
     # Written whole, then renamed: an interrupted run never leaves a half-written predictions file.
     tmp = output.with_name(f".{output.name}.tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, output)
+    try:
+        table.to_csv(tmp, index=False)
+        os.replace(tmp, output)
+    except OSError as exc:  # the output became a folder meanwhile, the disk is full, no permission...
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"could not write {output}: {exc.strerror or type(exc).__name__}") from None
     return output
 
 

@@ -3,10 +3,12 @@
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -17,6 +19,7 @@ import yaml
 from medsweep.serving import predict
 from medsweep.serving import serve
 from medsweep.config import ConfigError
+from medsweep.release.promote import promote_checkpoint
 from medsweep.serving.inference import load_promoted
 from tests.conftest import ROOT, SHARED_DATA, TINY, compose_config
 
@@ -111,6 +114,8 @@ def test_predict_text_pairs_from_the_models_config(promoted, sentences, tmp_path
     ("not_a_model", "is not a model folder"),
     ("unknown_argument", "unknown argument 'modle'"),
     ("no_output_folder", "output folder does not exist"),
+    ("output_is_a_folder", "output is a folder, not a file"),
+    ("max_length_past_positions", "max_length=513 is more than this model's 512 positions"),
 ])
 def test_predict_errors_are_one_line_and_exit_2(promoted, tmp_path, capsys, case, message):
     source = tmp_path / "in.csv"
@@ -136,11 +141,16 @@ def test_predict_errors_are_one_line_and_exit_2(promoted, tmp_path, capsys, case
         extra = ["modle=x"]
     elif case == "no_output_folder":
         output = tmp_path / "missing" / "out.csv"
+    elif case == "output_is_a_folder":
+        output = tmp_path / "out.csv"
+        output.mkdir()
+    elif case == "max_length_past_positions":
+        extra = ["max_length=513"]
     code = predict.main([f"model={model}", f"input={source}", f"output={output}", *extra])
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("medsweep.predict: error:") and message in err and len(err.strip().splitlines()) == 1, err
-    assert not output.exists()
+    assert not output.is_file() and not list(tmp_path.rglob("*.tmp"))  # nothing written, nothing left behind
 
 
 # --- serve -----------------------------------------------------------------------------------------
@@ -173,6 +183,11 @@ def stop(proc: subprocess.Popen) -> None:
     ({}, [], "refusing to start without a bearer token"),
     ({}, ["allow_no_auth=true", "host=0.0.0.0"], "only allowed on a loopback host"),
     ({serve.TOKEN_ENV: "short"}, [], "is too short"),
+    # Clients send the token without the space or newline; the server would refuse every request.
+    ({serve.TOKEN_ENV: " " * 24}, [], "is only whitespace"),
+    ({serve.TOKEN_ENV: TOKEN + "\n"}, [], "starts or ends with whitespace"),
+    ({serve.TOKEN_ENV: " " + TOKEN}, [], "starts or ends with whitespace"),
+    ({serve.TOKEN_ENV: TOKEN[:8] + " " + TOKEN[8:]}, [], "printable ASCII without spaces"),
 ])
 def test_serve_refuses_to_start_without_a_proper_token(promoted, tmp_path, env, args, message):
     proc = start_server([f"model={promoted}", *args], env, tmp_path / "serve.log")
@@ -239,9 +254,25 @@ def test_serve_round_trips_real_text_with_auth_and_limits(promoted, sentences, t
         assert httpx.get(f"{base}/predict", params={"text": sentences[1]}, timeout=30).status_code == 405
         invalid = httpx.post(f"{base}/predict", json={"texts": [sentences[0], 7]}, headers=auth, timeout=30)
         assert invalid.status_code == 422 and sentences[0] not in invalid.text  # errors do not echo the input
+
+        # The schema is for token holders only; there is no /docs page (it would load scripts from a CDN).
+        assert httpx.get(f"{base}/openapi.json", timeout=10).status_code == 401
+        assert {"/predict", "/reload"} <= httpx.get(f"{base}/openapi.json", headers=auth, timeout=10).json()["paths"].keys()
+        assert httpx.get(f"{base}/docs", headers=auth, timeout=10).status_code == 404
+        # SIGHUP reloads the `promoted` link: a new promotion is served without a restart. (Last: the
+        # module's promoted run now has v002.)
+        run_dir = Path(promoted).parent
+        promote_checkpoint(run_dir.parent / "ckpt", run_dir)
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 60
+        while httpx.get(f"{base}/health", timeout=10).json()["version"] != "v002":
+            assert time.time() < deadline and proc.poll() is None, log_path.read_text()
+            time.sleep(0.2)
+        assert httpx.post(f"{base}/predict", json=body, headers=auth, timeout=60).json()["version"] == "v002"
     finally:
         stop(proc)
     log = log_path.read_text()
     assert '"POST /predict HTTP/1.1" 200' in log and "predicted 10 text(s)" in log  # the access log is on...
     assert '"GET /predict?<redacted> HTTP/1.1" 405' in log
     assert not any(s[:40] in log for s in sentences)  # ...and no request text is in it
+    assert "reloaded on SIGHUP: v001 -> v002" in log
