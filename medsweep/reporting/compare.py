@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 
 from medsweep.config import ConfigError
-from medsweep.release import layout
 from medsweep.evaluation.metrics import (
     BINARY_METRIC_NAMES,
     LOWER_IS_BETTER,
@@ -38,6 +37,7 @@ from medsweep.evaluation.metrics import (
     classification_metrics,
     resampled_metrics,
 )
+from medsweep.release import layout
 
 # Every headline metric the test split has (the Trainer's loss is validation only).
 HEADLINE = tuple(name for name in METRIC_NAMES if name != "loss")
@@ -124,7 +124,7 @@ def compare_pair(a: Model, b: Model, n_resamples: int = 1000, seed: int = 0) -> 
             better = "A" if b_higher == (name in LOWER_IS_BETTER) else "B"
         rows.append({"metric": name, "a": score_a[name], "b": score_b[name], "difference": diff,
                      "ci": [low, high], "significant": significant, "better": better})
-    return {"a": a.name, "b": b.name, "n": int(len(labels)), "resamples": n_resamples, "seed": seed,
+    return {"a": a.name, "b": b.name, "n": len(labels), "resamples": n_resamples, "seed": seed,
             "confidence": CONFIDENCE, "metrics": rows, "mcnemar": mcnemar(labels, a.probs, b.probs)}
 
 
@@ -147,16 +147,16 @@ def comparison_lines(result: dict) -> list[str]:
     from medsweep.markdown import table
 
     lines = [f"## B = `{result['b']}` vs A = `{result['a']}`", "",
-             f"{result['n']} test rows; differences are B - A, with paired percentile-bootstrap "
+             (f"{result['n']} test rows; differences are B - A, with paired percentile-bootstrap "
              f"{result['confidence']:.0%} intervals ({result['resamples']} resamples of the rows, seed "
-             f"{result['seed']}). Significant: the interval excludes 0. ECE: lower is better.", ""]
+             f"{result['seed']}). Significant: the interval excludes 0. ECE: lower is better."), ""]
     rows = [[r["metric"], fmt(r["a"]), fmt(r["b"]), signed(r["difference"]),
              f"[{signed(r['ci'][0])}, {signed(r['ci'][1])}]", verdict(r)] for r in result["metrics"]]
     lines += table(["metric", "A", "B", "B - A", "95% CI", "significant"], rows)
     m = result["mcnemar"]
-    lines += ["", f"McNemar's exact test (accuracy): {m['a_only']} rows only A gets right, {m['b_only']} only B; "
+    lines += ["", (f"McNemar's exact test (accuracy): {m['a_only']} rows only A gets right, {m['b_only']} only B; "
                   f"p = {m['p_value']:.3g} ({'significant' if m['p_value'] < 1 - result['confidence'] else 'not significant'}"
-                  f" at {1 - result['confidence']:.2g}).", ""]
+                  f" at {1 - result['confidence']:.2g})."), ""]
     return lines
 
 
