@@ -567,8 +567,8 @@ def write_index(data: SweepData, figures: list[Figure], out_dir: Path) -> Path:
     if data.promoted:
         parts += ["<h2 id=promoted>Promoted model: test split</h2>", promoted_facts(data),
                   test_metrics_html(data.promoted),
-                  "<p class=note>95% percentile-bootstrap intervals over the test rows (promoted/metrics.json). "
-                  "ECE: lower is better.</p>"]
+                  ("<p class=note>95% percentile-bootstrap intervals over the test rows (promoted/metrics.json). "
+                   "ECE: lower is better.</p>")]
     if data.leaderboard is not None and not data.leaderboard.empty:
         parts += ["<h2>Leaderboard</h2>", "<p class=note>Validation scores at each trial's best step. Click a column to sort.</p>",
                   leaderboard_html(data.leaderboard, data.param_specs, data.metric)]

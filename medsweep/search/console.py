@@ -33,6 +33,11 @@ def text_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [header, *rows]]
 
 
+# Promotion (test-split scoring with bootstrap CIs, the model card) and the report, for the ETA: ~20-30 s
+# for the smoke sweep's tiny model on the 2-core development machine; a rough constant, not measured per run.
+PROMOTION_S = 30.0
+
+
 def eta(trials, board: dict, planned: int | None, concurrency: int, later_trials: int, later_s: float) -> float | None:
     """Seconds until the sweep is done, from the steps the trials have run so far: the steps left of
     the running trials, of the trials not started yet (`planned` in all) and of `later_trials`
@@ -107,7 +112,9 @@ class SweepConsole(ProgressReporter):
         total = f"/{self.total}" if self.total else ""
         line = f"[medsweep] {elapsed(time.time() - self.start_time)}  trials {len(trials)}{total} ({states})"
         if any(trial.status == "RUNNING" for trial in trials):
-            left = eta(trials, self.progress, self.total, self.concurrency, self.later_trials, self.later_s)
+            # Trials side by side now (at most max_concurrent; fewer when CPUs are short).
+            running = sum(trial.status == "RUNNING" for trial in trials)
+            left = eta(trials, self.progress, self.total, min(running, self.concurrency), self.later_trials, self.later_s)
             if left is not None:
                 line += f"  ETA {elapsed(left)}" + (" (incl. seed re-runs, promotion)" if self.later_trials else "")
         best = next(iter(self.ranked(trials)), None)

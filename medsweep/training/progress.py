@@ -13,14 +13,17 @@ Outside a Ray Tune trial (run_trial called directly, benchmarks) the callback is
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 
 from transformers import TrainerCallback
 
 ACTOR_NAME = "medsweep_progress"
-# Cheap (one small message), but not per step: a step of a tiny model takes milliseconds.
+# Cheap (one small message), but not per step: a step of a tiny model takes milliseconds. The
+# environment variable (read in the trial's worker) lets a test see every step.
 PROGRESS_EVERY_S = 5.0
+EVERY_S_ENV = "MEDSWEEP_PROGRESS_EVERY_S"
 
 
 class ProgressBoard:
@@ -98,4 +101,4 @@ def callbacks() -> list:
         board = ray.get_actor(ACTOR_NAME)
     except ValueError:  # no board: a Tuner that is not medsweep's console
         return []
-    return [StepProgress(trial_id, board)]
+    return [StepProgress(trial_id, board, float(os.environ.get(EVERY_S_ENV, PROGRESS_EVERY_S)))]
