@@ -23,13 +23,19 @@ model card: no data-set text); validation texts only with `tracker.log_examples=
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 from pathlib import Path
 
 from medsweep.config import ConfigError
 from medsweep.release import layout
-from medsweep.reporting.tracking import EXAMPLES_LOGGED, Tracker, examples, sweep_summary
+from medsweep.reporting.tracking import (
+    EXAMPLES_LOGGED,
+    Tracker,
+    examples,
+    sweep_summary,
+)
 from medsweep.search.space import flatten_values
 
 STORE_DIR = "mlflow"
@@ -37,6 +43,7 @@ PARENT_FILE = "parent_run_id"  # in the store folder: a resumed sweep goes on in
 CHAMPION = "champion"
 # MLflow takes at most 100 params per log_batch call and 6000 characters per value.
 PARAMS_PER_BATCH, PARAM_CHARS = 100, 6000
+RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 END_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "error": "FAILED", "unfinished": "KILLED"}
 
 
@@ -98,12 +105,22 @@ class MlflowTracker(Tracker):
         except ImportError:
             raise ConfigError("tracker=mlflow needs the mlflow package: pip install 'medsweep[mlflow]'") from None
         if config["tracker"]["tracking_uri"]:
+            # One try with a short timeout: MLflow's default retries take minutes on a dead server.
+            saved = {k: os.environ.get(k) for k in RETRY_ENV}
+            os.environ.update(RETRY_ENV)
             try:
                 self.experiment_id(config)
             except Exception as exc:  # noqa: BLE001  any failure to reach the store is the user's to fix
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ConfigError(f"tracker.tracking_uri={config['tracker']['tracking_uri']!r} cannot be used: "
                                   f"{first[:200]}") from None
+            finally:
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+                self.client = None  # the trials' client gets MLflow's usual retries
 
     def parent(self, config: dict) -> str:
         """The sweep's parent run: made before the first trial, reused by a resumed sweep and by log_sweep."""
@@ -114,11 +131,11 @@ class MlflowTracker(Tracker):
         if marker.exists():
             run_id = marker.read_text().strip()
             try:
-                client.get_run(run_id)
-                self.parent_id = run_id
-                return run_id
+                self.parent_id = client.get_run(run_id).info.run_id
             except Exception:  # noqa: BLE001  a store that lost the run: start a new parent
-                pass
+                self.parent_id = None
+            if self.parent_id is not None:
+                return self.parent_id
         run = client.create_run(self.experiment_id(config), run_name=f"sweep-{Path(config['run_dir']).resolve().name}",
                                 tags={"medsweep.kind": "sweep", "medsweep.sweep": str(config["sweep"]["name"])})
         self.parent_id = run.info.run_id
@@ -183,7 +200,6 @@ class MlflowTracker(Tracker):
         print(f"[medsweep] MLflow: sweep run {parent} in {where}; model {model_name(config)}@{CHAMPION}"
               + ("" if config["tracker"]["tracking_uri"] else f"; browse with: mlflow ui --backend-store-uri {where}"),
               flush=True)
-        return None
 
     def register(self, config: dict, parent: str) -> None:
         """A model version of the promoted folder, with alias `champion` (moved from any earlier one)."""

@@ -5,6 +5,7 @@ in the store."""
 from __future__ import annotations
 
 import importlib.resources
+import socket
 
 import pandas as pd
 import pytest
@@ -13,7 +14,7 @@ from tests.conftest import TINY, run_cli
 
 pytest.importorskip("mlflow")
 # A real CLI sweep (~40 s on an idle 2-core machine, 2+ min under load) plus MLflow creating its database.
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow
 
 CANARY = "zebra-quartz canary phrase 7731"
 
@@ -44,8 +45,9 @@ def runs_of(client):
     return client.search_runs([experiment.experiment_id])
 
 
+@slow
 def test_one_parent_run_and_a_nested_run_per_trial_with_every_evaluation(mlflow_sweep):
-    run_dir, proc, client = mlflow_sweep
+    run_dir, _, client = mlflow_sweep
     runs = runs_of(client)
     parents = [r for r in runs if r.data.tags.get("medsweep.kind") == "sweep"]
     trials = [r for r in runs if r.data.tags.get("medsweep.kind") == "trial"]
@@ -67,6 +69,7 @@ def test_one_parent_run_and_a_nested_run_per_trial_with_every_evaluation(mlflow_
         assert max(m.value for m in history) == pytest.approx(row["best_value"])
 
 
+@slow
 def test_promoted_model_and_report_plots_are_artifacts_and_champion_is_registered(mlflow_sweep):
     run_dir, proc, client = mlflow_sweep
     (parent,) = [r for r in runs_of(client) if r.data.tags.get("medsweep.kind") == "sweep"]
@@ -85,9 +88,24 @@ def test_promoted_model_and_report_plots_are_artifacts_and_champion_is_registere
     assert "MLflow: sweep run" in proc.stdout
 
 
+@slow
 def test_no_text_from_the_data_reaches_the_mlflow_store(mlflow_sweep):
     run_dir, _, _ = mlflow_sweep
     files = [p for p in (run_dir / "mlflow").rglob("*") if p.is_file()]
     assert any(p.name == "mlflow.db" for p in files) and len(files) > 10
     for path in files:
         assert CANARY.encode() not in path.read_bytes(), path
+
+
+def test_an_unreachable_tracking_server_is_one_config_error_before_any_trial(tmp_path):
+    from medsweep.config import ConfigError
+    from medsweep.reporting import tracking
+    from tests.conftest import compose_config
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = compose_config(["tracker=mlflow", f"tracker.tracking_uri=http://127.0.0.1:{port}"], run_dir=tmp_path)
+    with pytest.raises(ConfigError, match=f"tracker.tracking_uri='http://127.0.0.1:{port}' cannot be used"):
+        tracking.check(config)
+    assert not (tmp_path / "mlflow").exists()
