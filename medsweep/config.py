@@ -110,7 +110,7 @@ class TrainerConfig:
 
 @dataclass
 class TrackerConfig:
-    name: str = "none"  # none | wandb
+    name: str = "none"  # none | wandb | mlflow
     project: str = "medsweep"
     entity: Optional[str] = None
     # offline: runs are written locally and uploaded later with `wandb sync` (air-gapped clusters);
@@ -120,6 +120,9 @@ class TrackerConfig:
     log_examples: bool = False
     # Where W&B writes its run folders (null: the run dir, so a run dir holds everything to sync).
     dir: Optional[str] = None
+    # tracker=mlflow: an MLflow server or database URI (null: sqlite:///<tracker.dir or run dir>/mlflow/mlflow.db,
+    # no server). `project` names the MLflow experiment.
+    tracking_uri: Optional[str] = None
 
 
 @dataclass
@@ -211,7 +214,7 @@ CLASS_WEIGHTINGS = ("none", "balanced")
 AUGMENTATIONS = ("none", "synonym", "swap", "delete")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "4bit")
-TRACKERS = ("none", "wandb")
+TRACKERS = ("none", "wandb", "mlflow")
 TRACKER_MODES = ("offline", "online", "disabled")
 SCHEDULERS = ("asha", "hyperband", "median", "fifo", "none")
 

@@ -13,14 +13,16 @@ SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scrip
 
 
 def test_every_console_script_names_a_callable():
-    assert set(SCRIPTS) == {"medsweep", "medsweep-predict", "medsweep-serve", "medsweep-report", "medsweep-explain"}
+    assert set(SCRIPTS) == {"medsweep", "medsweep-predict", "medsweep-serve", "medsweep-report", "medsweep-explain",
+                            "medsweep-compare"}
     for target in SCRIPTS.values():
         module, _, function = target.partition(":")
         assert callable(getattr(importlib.import_module(module), function)), target
 
 
 @pytest.mark.parametrize("command, script", [("predict", "medsweep-predict"), ("serve", "medsweep-serve"),
-                                             ("explain", "medsweep-explain"), ("report", "medsweep-report")])
+                                             ("explain", "medsweep-explain"), ("report", "medsweep-report"),
+                                             ("compare", "medsweep-compare")])
 def test_python_dash_m_and_the_script_run_the_same_main(command, script):
     proc = subprocess.run([sys.executable, "-m", f"medsweep.{command}", "--help"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)

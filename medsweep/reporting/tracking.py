@@ -1,4 +1,9 @@
-"""Weights & Biases tracking, offline first (`tracker=wandb`).
+"""Experiment trackers: the Tracker interface, and Weights & Biases, offline first (`tracker=wandb`).
+
+One owner of tracking: run.py calls check / trial_callbacks / finish_callbacks / log_sweep here, and
+they dispatch to the configured backend, a Tracker (W&B below, MLflow in mlflow_tracking.py). The
+Ray callback that opens, feeds and finishes one tracker run per trial (TrialRuns) is shared: a
+backend only says how to open a run, log an evaluation, close it and record the sweep.
 
 The search stays local (W&B's sweep controller needs its server; many hospital clusters are
 air-gapped) and W&B only records it:
@@ -46,8 +51,47 @@ TRIAL_HISTORY_KEYS = (*(f"val_{name}" for name in METRIC_NAMES + WORST_GROUP_MET
 EXAMPLES_LOGGED = 20
 
 
-def enabled(config: dict) -> bool:
+def wandb_enabled(config: dict) -> bool:
     return config["tracker"]["name"] == "wandb" and config["tracker"]["mode"] != "disabled"
+
+
+class Tracker:
+    """A tracking backend. Trial runs are opened, fed and closed from the driver by TrialRuns."""
+
+    def check(self, config: dict) -> None:
+        """Preflight, before any trial: raise ConfigError with one line if the backend cannot work."""
+
+    def start(self, config: dict) -> None:
+        """Before the first trial (MLflow opens the sweep's parent run here)."""
+
+    def open_trial(self, config: dict, trial_id: str, resolved: dict, sampled: dict):
+        raise NotImplementedError
+
+    def log_evaluation(self, run, values: dict, step: int) -> None:
+        raise NotImplementedError
+
+    def close_trial(self, run, best: dict, summary: dict, status: str) -> None:
+        """`best`: the best evaluation's TRIAL_HISTORY_KEYS values; `summary`: best_step, evaluations, status."""
+        raise NotImplementedError
+
+    def log_sweep(self, config: dict, run_dir: Path, report_dir: Path | None) -> Path | None:
+        raise NotImplementedError
+
+
+def backend(config: dict) -> Tracker | None:
+    """The configured tracker, or None (tracker=none, or W&B disabled)."""
+    name = config["tracker"]["name"]
+    if name == "wandb" and wandb_enabled(config):
+        return WandbTracker()
+    if name == "mlflow":
+        from medsweep.reporting.mlflow_tracking import MlflowTracker
+
+        return MlflowTracker()
+    return None
+
+
+def enabled(config: dict) -> bool:
+    return backend(config) is not None
 
 
 def wandb_dir(config: dict) -> Path:
@@ -57,8 +101,12 @@ def wandb_dir(config: dict) -> Path:
 
 def check(config: dict) -> None:
     """Preflight: a tracker that cannot work fails before any trial starts. Raises ConfigError."""
-    if not enabled(config):
-        return
+    tracker = backend(config)
+    if tracker is not None:
+        tracker.check(config)
+
+
+def check_wandb(config: dict) -> None:
     try:
         import wandb  # noqa: F401
     except ImportError:
@@ -99,18 +147,18 @@ def init_run(config: dict, *, job_type: str, name: str, run_config: dict):
 
 
 class TrialRuns(TrialResults):
-    """One W&B run per trial, written from the driver as Ray reports results."""
+    """One tracker run per trial, written from the driver as Ray reports results."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, tracker: Tracker | None = None):
         super().__init__(config["sweep"]["metric"], config["sweep"]["mode"])
         self.config = config
+        self.tracker = tracker or backend(config)
         self.runs: dict[str, object] = {}
 
     def _run(self, trial):
         if trial.trial_id not in self.runs:
             resolved = apply_overrides(self.config, trial.config)
-            self.runs[trial.trial_id] = init_run(self.config, job_type="trial", name=f"trial-{trial.trial_id}",
-                                                 run_config={**resolved, "trial_id": trial.trial_id})
+            self.runs[trial.trial_id] = self.tracker.open_trial(self.config, trial.trial_id, resolved, trial.config)
         return self.runs[trial.trial_id]
 
     # --- Ray Tune callback hooks -----------------------------------------------------------------
@@ -119,7 +167,7 @@ class TrialRuns(TrialResults):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         step = int(result.get("step", result["training_iteration"]))  # the optimizer step, when the trial says
-        self._run(trial).log({k: result[k] for k in TRIAL_HISTORY_KEYS if k in result}, step=step)
+        self.tracker.log_evaluation(self._run(trial), {k: result[k] for k in TRIAL_HISTORY_KEYS if k in result}, step)
         super().on_trial_result(iteration, trials, trial, result, **info)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -136,15 +184,10 @@ class TrialRuns(TrialResults):
         run = self.runs.pop(trial_id, None)
         if run is None:
             return
-        try:
-            best = self.best.get(trial_id, {})
-            # Under best_* keys: the history's last row is flushed at finish and would overwrite
-            # same-named summary values with the last evaluation's.
-            run.summary.update({f"best_{k}": best[k] for k in TRIAL_HISTORY_KEYS if k in best})
-            run.summary.update({"best_step": best.get("step"), "evaluations": self.evaluations.get(trial_id, 0),
-                                "status": status})
-        finally:
-            run.finish(exit_code=1 if status in ("error", "unfinished") else 0)
+        best = self.best.get(trial_id, {})
+        self.tracker.close_trial(run, {k: best[k] for k in TRIAL_HISTORY_KEYS if k in best},
+                                 {"best_step": best.get("step"), "evaluations": self.evaluations.get(trial_id, 0),
+                                  "status": status}, status)
 
     def finish_all(self) -> None:
         """Close every run still open (an interrupted sweep): called from run_sweep's `finally`."""
@@ -153,12 +196,50 @@ class TrialRuns(TrialResults):
 
 
 def trial_callbacks(config: dict) -> list:
-    return [TrialRuns(config)] if enabled(config) else []
+    tracker = backend(config)
+    if tracker is None:
+        return []
+    tracker.start(config)
+    return [TrialRuns(config, tracker)]
 
 
 def finish_callbacks(callbacks: list) -> None:
     for callback in callbacks:
         callback.finish_all()
+
+
+def log_sweep(config: dict, run_dir: str | Path, report_dir: str | Path | None) -> Path | None:
+    """The tracker's record of the sweep (leaderboard, plots, promoted model). Returns W&B's folder of
+    offline runs (run.py prints how to upload them), else None."""
+    tracker = backend(config)
+    if tracker is None:
+        return None
+    return tracker.log_sweep(config, Path(run_dir).resolve(), None if report_dir is None else Path(report_dir))
+
+
+# --- Weights & Biases -----------------------------------------------------------------------------
+
+class WandbTracker(Tracker):
+    def check(self, config: dict) -> None:
+        check_wandb(config)
+
+    def open_trial(self, config: dict, trial_id: str, resolved: dict, sampled: dict):
+        return init_run(config, job_type="trial", name=f"trial-{trial_id}", run_config={**resolved, "trial_id": trial_id})
+
+    def log_evaluation(self, run, values: dict, step: int) -> None:
+        run.log(values, step=step)
+
+    def close_trial(self, run, best: dict, summary: dict, status: str) -> None:
+        try:
+            # Under best_* keys: the history's last row is flushed at finish and would overwrite
+            # same-named summary values with the last evaluation's.
+            run.summary.update({f"best_{k}": v for k, v in best.items()})
+            run.summary.update(summary)
+        finally:
+            run.finish(exit_code=1 if status in ("error", "unfinished") else 0)
+
+    def log_sweep(self, config: dict, run_dir: Path, report_dir: Path | None) -> Path | None:
+        return log_wandb_sweep(config, run_dir, report_dir)
 
 
 # --- the sweep-level run ------------------------------------------------------------------------
@@ -168,10 +249,8 @@ def artifact_name(run_dir: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "-", f"model-{run_dir.name}")
 
 
-def log_sweep(config: dict, run_dir: str | Path, report_dir: str | Path | None) -> Path | None:
+def log_wandb_sweep(config: dict, run_dir: Path, report_dir: Path | None) -> Path:
     """The sweep run: leaderboard table, report plots, promoted model. Returns the wandb folder."""
-    if not enabled(config):
-        return None
     import pandas as pd
     import wandb
 
@@ -223,10 +302,9 @@ def artifact_metadata(metrics: dict) -> dict:
     return {k: metrics[k] for k in keys if k in metrics}
 
 
-def examples_table(config: dict, promoted: Path, limit: int = EXAMPLES_LOGGED):
-    """Validation texts with the promoted model's predictions: raw text, hence behind log_examples."""
-    import wandb
-
+def examples(config: dict, promoted: Path, limit: int = EXAMPLES_LOGGED) -> tuple[list[str], list[list]]:
+    """Validation texts with the promoted model's predictions (columns, rows): raw text, hence behind
+    log_examples. Every backend logs these same rows."""
     from medsweep import data
     from medsweep.serving.inference import load_promoted
 
@@ -240,4 +318,11 @@ def examples_table(config: dict, promoted: Path, limit: int = EXAMPLES_LOGGED):
     for i, (_, row) in enumerate(rows.iterrows()):
         texts = [row["text"], *([row["text_pair"]] if pairs is not None else [])]
         table.append([*texts, names[int(row["label"])], names[int(probs[i].argmax())], float(probs[i].max())])
+    return columns, table
+
+
+def examples_table(config: dict, promoted: Path, limit: int = EXAMPLES_LOGGED):
+    import wandb
+
+    columns, table = examples(config, promoted, limit)
     return wandb.Table(columns=columns, data=table)

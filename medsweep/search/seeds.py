@@ -95,7 +95,8 @@ def rerun_with_seeds(config: dict, candidates: list[Candidate], seeds: list[int]
     by_id = {c.trial_id: c.params for c in candidates}
     # One grid point per (candidate trial id, seed); seed_runs.csv lists each candidate's hyperparameters.
     param_space = {"candidate": tune.grid_search(list(by_id)), "seed": tune.grid_search(list(seeds))}
-    reporter = console(config, {"candidate": "candidate", "seed": "seed"}, {sweep["metric"]: sweep["metric"], "evaluation": "evals"})
+    reporter = console(config, {"candidate": "candidate", "seed": "seed"}, {sweep["metric"]: sweep["metric"], "evaluation": "evals"},
+                       seed_reruns=True)
     tuner = build_tuner(config, seed_trial, param_space, SEEDS_EXPERIMENT, reporter=reporter,
                         trainable_kwargs={"sampled_by_candidate": by_id, "trainable_fn": trainable_fn},
                         tune_config={"metric": sweep["metric"], "mode": sweep["mode"], "num_samples": 1,

@@ -279,10 +279,15 @@ def storage_path(config: dict) -> str:
     return config["cluster"]["storage_path"] or str(Path(config["run_dir"]).resolve() / "ray")
 
 
-def console(config: dict, parameters: dict[str, str], metrics: dict[str, str]):
-    from medsweep.search.console import SweepConsole
+def console(config: dict, parameters: dict[str, str], metrics: dict[str, str], seed_reruns: bool = False):
+    from medsweep.search.console import PROMOTION_S, SweepConsole
 
-    return SweepConsole(parameters, metrics, config["sweep"]["metric"], config["sweep"]["mode"])
+    sweep, promote = config["sweep"], config["promote"]
+    # The ETA counts what follows this experiment: the seed re-runs (seeds.choose) and promotion.
+    later = (min(promote["top_k"], sweep["num_trials"]) * len(promote["seeds"])
+             if promote["enabled"] and promote["seeds"] and sweep["num_trials"] > 1 and not seed_reruns else 0)
+    return SweepConsole(parameters, metrics, sweep["metric"], sweep["mode"], concurrency=sweep["max_concurrent"],
+                        later_trials=later, later_s=PROMOTION_S if promote["enabled"] else 0.0)
 
 
 def run_sweep(config: dict, space: dict, num_train: int, trainable_fn=tune_trial, callbacks: list = ()):

@@ -27,7 +27,7 @@ from medsweep.data import cache
 from medsweep.evaluation import metrics, subgroups
 from medsweep.evaluation.metrics import is_metric_name
 from medsweep.hf import DIGEST_FIELD, quiet_libraries, weight_digests
-from medsweep.training import augment, imbalance, precision
+from medsweep.training import augment, imbalance, precision, progress
 from medsweep.training.model import TRIAL_FILE, build_model, count_parameters, load_tokenizer, read_checkpoint_info
 
 # Called with (metrics of one evaluation, folder holding that step's checkpoint). The folder may be
@@ -231,7 +231,7 @@ def fit(config: dict, trainer_cfg: dict, prepared: TrialData, reporter: Evaluati
                 data_collator=DataCollatorWithPadding(prepared.tokenizer),
                 processing_class=prepared.tokenizer,
                 compute_metrics=functools.partial(compute_metrics, groups=prepared.val_groups),
-                callbacks=[reporter],
+                callbacks=[reporter, *progress.callbacks()],  # progress: the sweep console's steps/ETA
                 class_weights=imbalance.class_weights(prepared.train_rows["label"], len(label_names),
                                                       trainer_cfg["class_weighting"]),
             )
