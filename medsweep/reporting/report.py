@@ -492,6 +492,9 @@ def write_index(data: SweepData, figures: list[Figure], out_dir: Path) -> Path:
         facts.append("test: " + ", ".join(f"{k[len('test_'):]} {_fmt(v)}" for k, v in test.items()))
     parts = [f"<h1>medsweep report: {html.escape(data.run_dir.resolve().name)}</h1>",
              "<p>" + " &middot; ".join(facts) + "</p>"]
+    hints = (data.promoted or {}).get("range_hints") or []
+    if hints:  # the best trials at a range's edge (medsweep/search/edges.py)
+        parts += ["<h2>Search range</h2>", "<ul>" + "".join(f"<li>{html.escape(h['message'])}</li>" for h in hints) + "</ul>"]
     if data.leaderboard is not None and not data.leaderboard.empty:
         parts += ["<h2>Leaderboard</h2>", "<p class=note>Click a column to sort.</p>", leaderboard_html(data.leaderboard)]
     for figure in figures:
