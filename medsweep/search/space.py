@@ -187,27 +187,28 @@ def active_dimensions(space: dict, values: dict[str, Any]) -> dict[str, dict]:
     return active
 
 
-def define_by_run(space: dict):
-    """The space as an Optuna define-by-run function (Ray's OptunaSearch(space=callable)) when it is
-    conditional, else None. Each trial suggests the unconditional dimensions, then the conditional
-    ones whose condition its own draw meets, so TPE models the LoRA settings on LoRA trials only.
-    Names are the flattened paths with "/" (what OptunaSearch unflattens and points_to_evaluate use)."""
-    if not is_conditional(space):
-        return None
-    leaves = flatten(space)
-    for path, spec in leaves.items():
-        _domain(path, spec)  # the same checks as the unconditional space
-    # Condition keys first, so that a trial knows its setting before it reaches the dependent dimensions.
-    keys = {key for key, _ in REQUIRES.values()}
-    order = sorted(leaves, key=lambda path: (_condition(path) is not None, path not in keys))
+class DefineByRun:
+    """A conditional space as an Optuna define-by-run function (Ray's OptunaSearch(space=callable)).
+    Each trial suggests the unconditional dimensions, then the conditional ones whose condition its own
+    draw meets, so TPE models the LoRA settings on LoRA trials only. Names are the flattened paths with
+    "/" (what OptunaSearch unflattens and points_to_evaluate use). A class, not a closure: Ray pickles
+    the searcher with the experiment state, to resume it."""
 
-    def suggest(trial) -> None:
+    def __init__(self, space: dict):
+        self.leaves = flatten(space)
+        for path, spec in self.leaves.items():
+            _domain(path, spec)  # the same checks as the unconditional space
+        # Condition keys first, so that a trial knows its setting before it reaches the dependent dimensions.
+        keys = {key for key, _ in REQUIRES.values()}
+        self.order = sorted(self.leaves, key=lambda path: (_condition(path) is not None, path not in keys))
+
+    def __call__(self, trial) -> None:
         drawn: dict[str, Any] = {}
-        for path in order:
+        for path in self.order:
             condition = _condition(path)
-            if condition is not None and condition[0] in leaves and drawn.get(condition[0]) != condition[1]:
+            if condition is not None and condition[0] in self.leaves and drawn.get(condition[0]) != condition[1]:
                 continue
-            spec, name = leaves[path], path.replace(".", "/")
+            spec, name = self.leaves[path], path.replace(".", "/")
             kind = spec["type"]
             if kind == "choice":
                 drawn[path] = trial.suggest_categorical(name, list(spec["values"]))
@@ -216,7 +217,10 @@ def define_by_run(space: dict):
             else:
                 drawn[path] = trial.suggest_float(name, spec["lower"], spec["upper"], log=kind == "loguniform")
 
-    return suggest
+
+def define_by_run(space: dict) -> DefineByRun | None:
+    """The space as a define-by-run function when it is conditional, else None (plain Tune domains)."""
+    return DefineByRun(space) if is_conditional(space) else None
 
 
 def contains(spec: dict, value: Any) -> bool:

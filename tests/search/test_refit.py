@@ -32,11 +32,13 @@ def abstracts(tmp_path_factory):
     return path
 
 
-def small_config(abstracts, run_dir, *overrides):
-    return compose_config(TINY + ["data=csv", f"data.path={abstracts}", "data.text_column=medical_abstract",
-                                  "data.label_column=condition_label", "data.max_train_samples=40",
-                                  "data.max_eval_samples=null", "trainer.epochs=1", "cluster.num_cpus=2",
-                                  "promote.bootstrap_resamples=100", *overrides], run_dir=run_dir)
+def small_config(abstracts, run_dir, *overrides, space=None):
+    config = compose_config(TINY + ["data=csv", f"data.path={abstracts}", "data.text_column=medical_abstract",
+                                    "data.label_column=condition_label", "data.max_train_samples=40",
+                                    "data.max_eval_samples=null", "trainer.epochs=1", "cluster.num_cpus=2",
+                                    "promote.bootstrap_resamples=100", *overrides], run_dir=run_dir)
+    config["sweep"]["search_space"] = space or {}
+    return config
 
 
 def texts(frame) -> set:
@@ -114,10 +116,11 @@ def test_refit_off_promotes_the_search_run(tmp_path, abstracts):
 
 def test_a_space_that_can_only_do_worse_promotes_the_base_configuration(tmp_path, abstracts, ray_local):
     # Full vs LoRA in one conditional space; the base (full fine-tune, lr 1e-3) is the only optimum.
-    space_yaml = ("{trainer: {learning_rate: {type: loguniform, lower: 1.0e-4, upper: 1.0e-2}}, "
-                  "model: {finetune: {type: choice, values: [full, lora]}, lora: {r: {type: choice, values: [4, 8]}}}}")
-    config = small_config(abstracts, tmp_path, "trainer.learning_rate=1e-3", f"sweep.search_space={space_yaml}",
-                          "sweep.num_trials=3", "sweep.scheduler=none", "promote.refit=false")
+    space = {"trainer": {"learning_rate": {"type": "loguniform", "lower": 1e-4, "upper": 1e-2}},
+             "model": {"finetune": {"type": "choice", "values": ["full", "lora"]},
+                       "lora": {"r": {"type": "choice", "values": [4, 8]}}}}
+    config = small_config(abstracts, tmp_path, "trainer.learning_rate=1e-3", "sweep.num_trials=3", "sweep.scheduler=none",
+                          "promote.refit=false", space=space)
     space, splits = sweep.preflight(config)
 
     def score(lr):
@@ -129,7 +132,8 @@ def test_a_space_that_can_only_do_worse_promotes_the_base_configuration(tmp_path
     assert chosen.run.scores["val_f1_macro"] == pytest.approx(0.9)
     assert all(r.metrics["val_f1_macro"] < 0.9 for r in results if r.config != chosen.winner.params)
     # The leaderboard: LoRA rank empty for full fine-tunes, set for LoRA ones.
-    rows = list(csv.DictReader(open(tmp_path / "leaderboard.csv")))
+    with open(tmp_path / "leaderboard.csv") as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == 3 and rows[0]["trainer.learning_rate"] == "0.001" and rows[0]["model.finetune"] == "full"
     for row in rows:
         assert (row["model.lora.r"] == "") == (row["model.finetune"] == "full")
@@ -139,9 +143,9 @@ def test_a_best_trial_at_the_range_edge_is_reported_and_the_follow_up_round_move
     from medsweep.run import promote
 
     # The optimum lies above the range: the score keeps growing with the learning rate.
-    space_yaml = "{trainer: {learning_rate: {type: loguniform, lower: 1.0e-4, upper: 1.0e-3}}}"
-    config = small_config(abstracts, tmp_path, "trainer.learning_rate=9e-4", f"sweep.search_space={space_yaml}",
-                          "sweep.num_trials=2", "sweep.scheduler=none", "sweep.extend_edges=true", "promote.refit=false")
+    config = small_config(abstracts, tmp_path, "trainer.learning_rate=9e-4", "sweep.num_trials=2", "sweep.scheduler=none",
+                          "sweep.extend_edges=true", "promote.refit=false",
+                          space={"trainer": {"learning_rate": {"type": "loguniform", "lower": 1e-4, "upper": 1e-3}}})
     space, splits = sweep.preflight(config)
     trainable = scripted(lambda lr: 0.5 + 0.1 * math.log10(lr / 1e-4))
     results = sweep.run_sweep(config, space, num_train=len(splits.train), trainable_fn=trainable)
@@ -162,8 +166,8 @@ def test_a_best_trial_at_the_range_edge_is_reported_and_the_follow_up_round_move
     second = [r.config["trainer"]["learning_rate"] for r in combined[2:]]
     assert len(combined) == 4 and all(best <= lr <= best * 10 for lr in second)
     assert (tmp_path / "ray" / "sweep_extended").is_dir()
-    rows = list(csv.DictReader(open(tmp_path / "leaderboard.csv")))
-    assert len(rows) == 4  # both rounds on one leaderboard
+    with open(tmp_path / "leaderboard.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4  # both rounds on one leaderboard
     rates = [r.config["trainer"]["learning_rate"] for r in combined]
     winner = seeds.choose(combined, extended).winner
     assert winner.params["trainer"]["learning_rate"] == max(rates) > 1e-3  # found beyond the old edge
