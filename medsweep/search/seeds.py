@@ -127,8 +127,8 @@ def training_rows(config: dict) -> tuple[dict, dict]:
 
     searched = data.load_splits(config["data"])
     full = searched if config["data"]["max_train_samples"] is None else data.load_splits(dict(config["data"], max_train_samples=None))
-    rows = lambda splits: {"rows": len(splits.train), "fingerprint": splits.fingerprints["train"]}  # noqa: E731
-    return rows(searched), rows(full)
+    return ({"rows": len(searched.train), "fingerprint": searched.fingerprints["train"]},
+            {"rows": len(full.train), "fingerprint": full.fingerprints["train"]})
 
 
 def refit_config(config: dict, search_rows: int, all_rows: int) -> dict:

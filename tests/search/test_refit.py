@@ -5,7 +5,6 @@ known optimum, the trials still train for real and only the score they report is
 """
 
 import csv
-import json
 import math
 
 import pandas as pd
@@ -70,7 +69,7 @@ def test_refit_trains_the_promoted_model_on_all_training_rows_and_only_those(tmp
 
     from medsweep.run import promote
 
-    config = small_config(abstracts, tmp_path, "sweep.searcher=random", "promote.top_k=1")
+    config = small_config(abstracts, tmp_path, "sweep.searcher=random", "promote.top_k=1", "promote.refit=true")
     _, splits = sweep.preflight(config)
     full = data.load_splits(dict(config["data"], max_train_samples=None))
     # The search trains on a strict subset of the training split, never on a validation or test row.
@@ -103,8 +102,8 @@ def test_refit_trains_the_promoted_model_on_all_training_rows_and_only_those(tmp
     assert "after a search on 40 of them" in card
 
 
-def test_refit_off_promotes_the_search_run(tmp_path, abstracts):
-    config = small_config(abstracts, tmp_path, "promote.refit=false")
+def test_refit_config_keeps_epochs_and_scales_step_budgets(tmp_path, abstracts):
+    config = small_config(abstracts, tmp_path)
     searched, every = seeds.training_rows(config)
     assert searched["rows"] == 40 and every["rows"] > 100
     # The refit config: all rows, same epochs; explicit step budgets scaled by the row ratio.
