@@ -164,7 +164,7 @@ class SweepConfig:
     # every dimension set): a known-good setting, a published baseline.
     points_to_evaluate: List[Dict[str, Any]] = field(default_factory=list)
     # Try the base configuration (each dimension at its value in the sweep file + trainer defaults) as the
-    # first trial, so the sweep can promote what no sweep would have trained (medsweep/search/space.py).
+    # first trial after points_to_evaluate, so a sweep can always promote what a plain run would train.
     try_base: bool = True
     # After the sweep, when the best trials sit at the edge of a numeric range, run one more round of
     # num_trials with those ranges moved (centred on the best value; medsweep/search/edges.py).

@@ -275,9 +275,9 @@ def check_points(points: list, space: dict) -> list[dict]:
 
 
 def sweep_points(config: dict) -> tuple[list[dict], str]:
-    """What a sweep tries first, flattened with "/": its base configuration (sweep.try_base, unless a
-    base value lies outside the space), then sweep.points_to_evaluate, without repeats. Also returns
-    a note for the console when the base configuration cannot be tried."""
+    """What a sweep tries first, flattened with "/": sweep.points_to_evaluate (what the user asked for
+    explicitly), then its base configuration (sweep.try_base, unless a base value lies outside the
+    space), without repeats. Also returns a note for the console when the base cannot be tried."""
     sweep = config["sweep"]
     space = sweep["search_space"]
     given = check_points(sweep["points_to_evaluate"], space)
@@ -289,7 +289,7 @@ def sweep_points(config: dict) -> tuple[list[dict], str]:
         else:
             first = check_points([base], space)
     flat = []
-    for point in first + given:
+    for point in given + first:
         if point not in flat:
             flat.append(point)
     return flat, note

@@ -148,7 +148,7 @@ def build_searcher(config: dict, space: dict):
     from ray.tune.utils.util import unflatten_dict
 
     sweep = config["sweep"]
-    # The base configuration first (never worse than not sweeping), then the given points.
+    # The given points, then the base configuration (never worse than not sweeping).
     points, _ = sweep_points(config)
     # A conditional space (model.finetune searched) is sampled define-by-run; Tune then gets no param_space.
     conditional = define_by_run(sweep["search_space"])
