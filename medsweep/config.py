@@ -174,6 +174,12 @@ class SweepConfig:
     # Configurations tried first, before the searcher proposes its own (nested like search_space,
     # every dimension set): a known-good setting, a published baseline.
     points_to_evaluate: List[Dict[str, Any]] = field(default_factory=list)
+    # Try the base configuration (each dimension at its value in the sweep file + trainer defaults) as the
+    # first trial after points_to_evaluate, so a sweep can always promote what a plain run would train.
+    try_base: bool = True
+    # After the sweep, when the best trials sit at the edge of a numeric range, run one more round of
+    # num_trials with those ranges moved (centred on the best value; medsweep/search/edges.py).
+    extend_edges: bool = False
 
 
 @dataclass
@@ -188,6 +194,10 @@ class PromoteConfig:
     # Test-set confidence intervals: percentile bootstrap, seeded.
     bootstrap_resamples: int = 1000
     bootstrap_seed: int = 0
+    # Search cheap, promote on everything: when the sweep trained on a subset (data.max_train_samples),
+    # the top_k configurations are re-trained on all training rows (with trainer.seed and each extra
+    # seed; same epochs, so more steps) and promoted from those runs. false: promote the search runs.
+    refit: bool = True
 
 
 @dataclass

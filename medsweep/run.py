@@ -53,7 +53,7 @@ def execute(config: dict, on_checked: Optional[Callable[[], None]] = None) -> di
     """
     from medsweep import data
     from medsweep.reporting import tracking
-    from medsweep.search import ranking, seeds, sweep
+    from medsweep.search import edges, ranking, seeds, sweep
     from medsweep.training.imbalance import max_training_rows
 
     run_dir = Path(config["run_dir"])
@@ -70,6 +70,8 @@ def execute(config: dict, on_checked: Optional[Callable[[], None]] = None) -> di
     stop = driver.Stop()
     try:
         results = sweep.run_sweep(config, space, num_train=max_training_rows(splits.train, config), callbacks=trackers)
+        if config["sweep"]["extend_edges"]:
+            results, config = edges.follow_up_round(config, results, splits, callbacks=trackers)
     finally:
         stop.restore()
         tracking.finish_callbacks(trackers)  # an interrupted sweep still closes its tracker runs
@@ -84,6 +86,7 @@ def execute(config: dict, on_checked: Optional[Callable[[], None]] = None) -> di
     print(f"[medsweep] promoted model: {run_dir / 'promoted'} ({report['version']})  test macro-F1={test['test_f1_macro']:.4f} "
           f"[{ci['test_f1_macro'][0]:.3f}, {ci['test_f1_macro'][1]:.3f}] AUROC={test['test_auroc']:.4f} "
           f"accuracy={test['test_accuracy']:.4f} ECE={test['test_ece']:.4f}", flush=True)
+    edges.print_hints(report.get("range_hints") or [])
     publish(config, run_dir)
     return report
 

@@ -26,6 +26,8 @@ TINY = [
     # Seed re-runs off unless a test is about them.
     "promote.top_k=1",
     "promote.seeds=[]",
+    # ... and so is the refit on all training rows (tests/search/test_refit.py turns it on).
+    "promote.refit=false",
 ]
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -89,8 +89,33 @@ def model_section(report: dict) -> list[str]:
         f"seed {trainer['seed']}",
         f"- Inputs are truncated to {trainer['max_length']} tokens" + inputs,
         f"- Promoted checkpoint: trial `{report.get('trial_id')}`, evaluation {validation.get('evaluation')} "
-        f"(step {validation.get('step')})", "",
+        f"(step {validation.get('step')})",
+        *training_rows_line(report), "",
     ]
+
+
+def training_rows_line(report: dict) -> list[str]:
+    """Which rows and how many optimizer steps trained the promoted weights (metrics.json `training`)."""
+    training = report.get("training")
+    if not training:
+        return []
+    line = (f"- Trained on {training['rows']} training rows (train fingerprint `{training['train_fingerprint']}`) "
+            f"for {training.get('steps')} optimizer steps ({training.get('epoch') or 0:g} epochs)")
+    if training.get("refit"):
+        line += (f"; refit on all training rows after a search on {training['search_rows']} of them "
+                 f"(fingerprint `{training['search_train_fingerprint']}`)")
+    elif training["rows"] < training.get("all_training_rows", training["rows"]):
+        line += f", a subset of the {training['all_training_rows']} training rows"
+    return [line]
+
+
+def range_section(report: dict) -> list[str]:
+    """Where the search space looked too small (medsweep/search/edges.py): the best trials at a range's edge."""
+    hints = report.get("range_hints") or []
+    if not hints:
+        return []
+    return ["## Search range", "", "The best trials sat at the edge of what the sweep searched; a wider search may do better:", "",
+            *(f"- {hint['message']}" for hint in hints), ""]
 
 
 def data_section(report: dict) -> list[str]:
@@ -254,7 +279,7 @@ def limitations_section(report: dict) -> list[str]:
 
 def render(report: dict) -> str:
     lines = [front_matter(report), *introduction(report), *model_section(report), *data_section(report),
-             *selection_section(report), *evaluation_section(report)]
+             *selection_section(report), *range_section(report), *evaluation_section(report)]
     if report.get("subgroups"):
         lines += subgroup_section(report["subgroups"])
     lines += [*usage_section(), *limitations_section(report)]

@@ -569,6 +569,9 @@ def write_index(data: SweepData, figures: list[Figure], out_dir: Path) -> Path:
                   test_metrics_html(data.promoted),
                   ("<p class=note>95% percentile-bootstrap intervals over the test rows (promoted/metrics.json). "
                    "ECE: lower is better.</p>")]
+    hints = (data.promoted or {}).get("range_hints") or []
+    if hints:  # the best trials at a range's edge (medsweep/search/edges.py)
+        parts += ["<h2>Search range</h2>", "<ul>" + "".join(f"<li>{html.escape(h['message'])}</li>" for h in hints) + "</ul>"]
     if data.leaderboard is not None and not data.leaderboard.empty:
         parts += ["<h2>Leaderboard</h2>", "<p class=note>Validation scores at each trial's best step. Click a column to sort.</p>",
                   leaderboard_html(data.leaderboard, data.param_specs, data.metric)]

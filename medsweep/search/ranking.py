@@ -53,7 +53,7 @@ class Run:
     scores: dict  # every metric of the kept evaluation
     checkpoint: object  # ray.tune.Checkpoint
     path: str  # the Ray trial folder
-    origin: str  # "sweep" or "seed"
+    origin: str  # "sweep", "seed" (a seed re-run) or "refit" (a re-run on all training rows)
 
 
 @dataclass
@@ -145,7 +145,7 @@ def kept_run(result, config: dict, origin: str) -> Run | None:
         return None
     trial_config = result.config or {}
     # A seed re-run's Tune config is {candidate, seed}; a sweep trial's is its sampled hyperparameters.
-    seed = trial_config["seed"] if origin == "seed" else apply_overrides(config, trial_config)["trainer"]["seed"]
+    seed = trial_config["seed"] if origin != "sweep" else apply_overrides(config, trial_config)["trainer"]["seed"]
     return Run(seed=int(seed), scores=dict(best[1]), checkpoint=best[0], path=str(result.path), origin=origin)
 
 

@@ -9,15 +9,28 @@ Rules 3 and 4 of the promotion (rules 1 and 2, ranking, are medsweep/search/rank
 4. The promoted checkpoint is the best step (rule 1) of the winning configuration's best run by
    the primary objective: the run itself may have been lucky, but the configuration was chosen on its
    mean, and the recorded mean ± std says how much a re-run can be expected to vary.
+
+Refit (promote.refit, default on). A sweep may search on a subset of the training rows
+(data.max_train_samples) to be cheap; the re-runs of rule 3 then train on ALL training rows instead
+(validation and test rows never: they are other splits of the same data), once with trainer.seed and
+once per extra seed, and rules 3 and 4 use those runs only (a subset run's score is not comparable
+with a full run's). The budget kept is the number of epochs, not the number of steps: the learning
+rate, warm-up fraction and schedule were chosen for that many passes over the data, and keeping the
+steps would give the refit less than one pass over 1,859 rows where the search saw three over 500.
+Each refit run still keeps its best evaluation step, so a configuration that peaked early is promoted
+at its peak. Explicit step budgets (trainer.max_steps, trainer.eval_every_steps) are scaled by the
+row ratio, so they too stand for the same number of passes and evaluations.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medsweep.evaluation.metrics import best_of
+from medsweep.search.edges import range_hints
 from medsweep.search.ranking import (PROMOTED_RUN_RULE, RANKING_RULE, Candidate, Run, csv_text, kept_run, objectives,
                                      rank, rank_sweep)
 from medsweep.search.space import flatten_values
@@ -33,6 +46,8 @@ class Selection:
     ranked: list[Candidate]  # the sweep's candidates, best first (rule 2 on single runs)
     reranked: list[Candidate]  # the top-k after seed re-runs, best first (rule 2 on means)
     num_trials: int
+    training: dict = field(default_factory=dict)  # which rows and how many steps trained the promoted run
+    range_hints: list = field(default_factory=list)  # best trials at a range's edge (medsweep/search/edges.py)
 
     def provenance(self, config: dict) -> dict:
         """What metrics.json records about how this model was chosen."""
@@ -52,7 +67,10 @@ class Selection:
                 "extra_seeds": list(promote["seeds"]),
                 "promoted_seed": self.run.seed,
                 "promoted_run_origin": self.run.origin,
+                "refit": bool(self.training.get("refit")),
             },
+            "range_hints": self.range_hints,
+            "training": {**self.training, "steps": self.run.scores.get("step"), "epoch": self.run.scores.get("epoch")},
             "seed_robustness": seed_summary(self.winner, targets),
             "candidates": [candidate_summary(c, targets) for c in self.reranked],
         }
@@ -104,17 +122,67 @@ def rerun_with_seeds(config: dict, candidates: list[Candidate], seeds: list[int]
     return tuner.fit()
 
 
+def training_rows(config: dict) -> tuple[dict, dict]:
+    """(the rows the sweep's trials train on, all training rows): each {"rows", "fingerprint"}."""
+    from medsweep import data
+
+    searched = data.load_splits(config["data"])
+    full = searched if config["data"]["max_train_samples"] is None else data.load_splits(dict(config["data"], max_train_samples=None))
+    return ({"rows": len(searched.train), "fingerprint": searched.fingerprints["train"]},
+            {"rows": len(full.train), "fingerprint": full.fingerprints["train"]})
+
+
+def refit_config(config: dict, search_rows: int, all_rows: int) -> dict:
+    """The config the refit runs train with: every training row, the same epochs, explicit step
+    budgets scaled by the row ratio (see the module docstring for why epochs, not steps)."""
+    refit = copy.deepcopy(config)
+    refit["data"]["max_train_samples"] = None
+    ratio = all_rows / search_rows
+    trainer = refit["trainer"]
+    for key in ("max_steps", "eval_every_steps"):
+        if trainer[key]:
+            trainer[key] = max(1, math.ceil(trainer[key] * ratio))
+    return refit
+
+
 def choose(results, config: dict, trainable_fn=tune_trial) -> Selection:
     """Rank the sweep, write the Pareto front (several objectives), re-run the top-k with the extra
-    seeds, and pick the configuration and run to promote."""
+    seeds (on all training rows when the sweep searched on a subset: promote.refit), and pick the
+    configuration and run to promote."""
     targets = objectives(config["sweep"])
     promote = config["promote"]
     run_dir = Path(config["run_dir"])
     ranked = rank_sweep(results, config)
     top = ranked[:promote["top_k"]]
-    # Re-running seeds picks between configurations; a single run (no sweep) has nothing to pick
-    # between, so it is promoted as it is rather than trained three times.
-    if promote["seeds"] and len(ranked) > 1:
+    searched, every = training_rows(config)
+    training = {"rows": searched["rows"], "train_fingerprint": searched["fingerprint"], "refit": False,
+                "all_training_rows": every["rows"]}
+    # Re-running picks between configurations; a single run (no sweep) has nothing to pick between,
+    # so it is promoted as it is rather than trained again.
+    if len(ranked) < 2:
+        if promote["seeds"] or (promote["refit"] and searched["rows"] < every["rows"]):
+            print("[medsweep] one configuration, nothing to choose between: no seed re-runs or refit "
+                  f"(promote.seeds and promote.refit apply to sweeps); promoted as trained, seed {config['trainer']['seed']}",
+                  flush=True)
+    elif promote["refit"] and searched["rows"] < every["rows"]:
+        print(f"[medsweep] refit: the top {len(top)} configuration(s) re-trained on all {every['rows']} training rows "
+              f"(the search used {searched['rows']}), seeds {[config['trainer']['seed'], *promote['seeds']]}", flush=True)
+        reruns = rerun_with_seeds(refit_config(config, searched["rows"], every["rows"]), top,
+                                  [config["trainer"]["seed"], *promote["seeds"]], trainable_fn)
+        refits = {c.trial_id: [] for c in top}
+        for result in reruns:
+            run = kept_run(result, config, origin="refit")
+            if run is not None:  # a failed refit is left out (the count n says so)
+                refits[(result.config or {})["candidate"]].append(run)
+        if any(refits.values()):
+            for c in top:
+                c.runs = refits[c.trial_id]
+            training = {"rows": every["rows"], "train_fingerprint": every["fingerprint"], "refit": True,
+                        "all_training_rows": every["rows"], "search_rows": searched["rows"],
+                        "search_train_fingerprint": searched["fingerprint"]}
+        else:
+            print("[medsweep] every refit run failed: promoting from the search runs instead", flush=True)
+    elif promote["seeds"]:
         reruns = rerun_with_seeds(config, top, promote["seeds"], trainable_fn)
         by_id = {c.trial_id: c for c in top}
         for result in reruns:
@@ -127,7 +195,8 @@ def choose(results, config: dict, trainable_fn=tune_trial) -> Selection:
     metric, mode = targets[0]
     # Sweep run first: on a tie the later (re-)run wins, as everywhere (metrics.best_of).
     best_run = best_of(winner.runs, lambda run: run.scores.get(metric), mode)
-    selection = Selection(winner=winner, run=best_run, ranked=ranked, reranked=reranked, num_trials=len(results))
+    selection = Selection(winner=winner, run=best_run, ranked=ranked, reranked=reranked, num_trials=len(results),
+                          training=training, range_hints=range_hints(results, config) if len(ranked) > 1 else [])
     write_seed_runs(run_dir, reranked, targets, winner)
     return selection
 

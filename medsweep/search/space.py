@@ -16,7 +16,7 @@ import copy
 import math
 from typing import Any
 
-from medsweep.config import ConfigError
+from medsweep.config import FINETUNE_METHODS, ConfigError
 
 # type -> (required keys, optional keys)
 SPEC_KEYS = {
@@ -25,7 +25,11 @@ SPEC_KEYS = {
     "int": ({"lower", "upper"}, {"log"}),
     "choice": ({"values"}, set()),
 }
-# Dimensions that only make sense under a fixed setting of the base config.
+# Dimensions that only make sense under one setting of another key: the LoRA settings only for a LoRA
+# fine-tune. When that key is itself a search dimension (model.finetune: {type: choice, values: [full,
+# lora]}), the space is conditional: the dependent dimensions are drawn only for the trials that get
+# the setting (Optuna define-by-run, see define_by_run), and are absent (empty in the leaderboard and
+# report) for the others.
 REQUIRES = {"model.lora": ("model.finetune", "lora")}
 
 
@@ -94,17 +98,46 @@ def _domain(path: str, spec: dict):
     return tune.uniform(lower, upper)
 
 
+def _condition(path: str) -> tuple[str, Any] | None:
+    """(key, value) a dimension depends on, or None."""
+    for prefix, condition in REQUIRES.items():
+        if path.startswith(prefix + "."):
+            return condition
+    return None
+
+
+def is_conditional(space: dict) -> bool:
+    """Whether some dimension is drawn only for some trials (a searched key that others depend on)."""
+    leaves = flatten(space)
+    return any(key in leaves for key, _ in REQUIRES.values())
+
+
 def build_search_space(space: dict, base_config: dict) -> dict:
     """Validate `space` against the config it will override and return nested Tune domains."""
     domains: dict = {}
-    for path, spec in flatten(space).items():
+    leaves = flatten(space)
+    for path, spec in leaves.items():
         try:
             _get(base_config, path)
         except KeyError:
             raise ConfigError(f"search space {path}: no such config key to search over") from None
-        for prefix, (key, value) in REQUIRES.items():
-            if path.startswith(prefix + ".") and _get(base_config, key) != value:
+        condition = _condition(path)
+        if condition is not None:
+            key, value = condition
+            searched = leaves.get(key)
+            if searched is not None:
+                if searched.get("type") != "choice" or value not in (searched.get("values") or []):
+                    raise ConfigError(f"search space {path} only applies when {key}={value}, "
+                                      f"and the {key} dimension never draws {value}")
+            elif _get(base_config, key) != value:
                 raise ConfigError(f"search space {path} only applies when {key}={value}")
+    finetune = leaves.get("model.finetune")
+    if finetune is not None and finetune.get("type") == "choice" and not set(finetune.get("values") or []) <= set(FINETUNE_METHODS):
+        raise ConfigError(f"search space model.finetune: values must be among {FINETUNE_METHODS}, got {finetune['values']}")
+    if is_conditional(space) and base_config["sweep"]["searcher"] != "optuna":
+        raise ConfigError("a search space that searches model.finetune draws the LoRA dimensions only for LoRA "
+                          "trials, which needs sweep.searcher=optuna (define-by-run)")
+    for path, spec in leaves.items():
         node = domains
         *parents, leaf = path.split(".")
         for part in parents:
@@ -141,9 +174,89 @@ def flatten_values(nested: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def active_dimensions(space: dict, values: dict[str, Any]) -> dict[str, dict]:
+    """The dimensions a configuration draws: all, less those whose condition it does not meet
+    (a full fine-tune draws no LoRA dimension). `values`: flat, "trainer.learning_rate" -> value."""
+    leaves = flatten(space)
+    active = {}
+    for path, spec in leaves.items():
+        condition = _condition(path)
+        if condition is not None and condition[0] in leaves and values.get(condition[0]) != condition[1]:
+            continue
+        active[path] = spec
+    return active
+
+
+class DefineByRun:
+    """A conditional space as an Optuna define-by-run function (Ray's OptunaSearch(space=callable)).
+    Each trial suggests the unconditional dimensions, then the conditional ones whose condition its own
+    draw meets, so TPE models the LoRA settings on LoRA trials only. Names are the flattened paths with
+    "/" (what OptunaSearch unflattens and points_to_evaluate use). A class, not a closure: Ray pickles
+    the searcher with the experiment state, to resume it."""
+
+    def __init__(self, space: dict):
+        self.leaves = flatten(space)
+        for path, spec in self.leaves.items():
+            _domain(path, spec)  # the same checks as the unconditional space
+        # Condition keys first, so that a trial knows its setting before it reaches the dependent dimensions.
+        keys = {key for key, _ in REQUIRES.values()}
+        self.order = sorted(self.leaves, key=lambda path: (_condition(path) is not None, path not in keys))
+
+    def __call__(self, trial) -> None:
+        drawn: dict[str, Any] = {}
+        for path in self.order:
+            condition = _condition(path)
+            if condition is not None and condition[0] in self.leaves and drawn.get(condition[0]) != condition[1]:
+                continue
+            spec, name = self.leaves[path], path.replace(".", "/")
+            kind = spec["type"]
+            if kind == "choice":
+                drawn[path] = trial.suggest_categorical(name, list(spec["values"]))
+            elif kind == "int":
+                drawn[path] = trial.suggest_int(name, int(spec["lower"]), int(spec["upper"]), log=bool(spec.get("log")))
+            else:
+                drawn[path] = trial.suggest_float(name, spec["lower"], spec["upper"], log=kind == "loguniform")
+
+
+def define_by_run(space: dict) -> DefineByRun | None:
+    """The space as a define-by-run function when it is conditional, else None (plain Tune domains)."""
+    return DefineByRun(space) if is_conditional(space) else None
+
+
+def contains(spec: dict, value: Any) -> bool:
+    """Whether a dimension can draw `value` (bounds inclusive)."""
+    if spec["type"] == "choice":
+        return value in spec["values"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if spec["type"] == "int" and int(value) != value:
+        return False
+    return spec["lower"] <= value <= spec["upper"]
+
+
+def base_point(space: dict, config: dict) -> tuple[dict | None, str]:
+    """The configuration a sweep would train without searching: each dimension's value in the base
+    config (the sweep file and the trainer defaults). Returns (point nested like the space, "") or
+    (None, why not) when a base value lies outside its dimension, so the sweep cannot try it."""
+    values = {path: _get(config, path) for path in flatten(space)}
+    active = active_dimensions(space, values)
+    outside = [f"{path}={values[path]!r}" for path, spec in active.items() if not contains(spec, values[path])]
+    if outside:
+        return None, f"{', '.join(outside)} outside the search space"
+    point: dict = {}
+    for path in active:
+        node = point
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = values[path]
+    return point, ""
+
+
 def check_points(points: list, space: dict) -> list[dict]:
     """Configurations to try first (known-good settings, or a baseline): nested like the space,
-    each setting every dimension. Returned flattened with "/" (the names OptunaSearch uses)."""
+    each setting every dimension it draws (a full fine-tune sets no LoRA dimension). Returned
+    flattened with "/" (the names OptunaSearch uses)."""
     dims = flatten(space)
     flat_points = []
     for i, point in enumerate(points):
@@ -152,7 +265,31 @@ def check_points(points: list, space: dict) -> list[dict]:
             raise ConfigError(f"sweep.points_to_evaluate[{i}] must be a mapping like the search space")
         if unknown := set(values) - set(dims):
             raise ConfigError(f"sweep.points_to_evaluate[{i}] sets {sorted(unknown)}, which are not search dimensions")
-        if missing := set(dims) - set(values):
+        active = active_dimensions(space, values)
+        if missing := set(active) - set(values):
             raise ConfigError(f"sweep.points_to_evaluate[{i}] must set every search dimension; missing {sorted(missing)}")
+        if extra := set(values) - set(active):
+            raise ConfigError(f"sweep.points_to_evaluate[{i}] sets {sorted(extra)}, which its own settings never draw")
         flat_points.append({path.replace(".", "/"): value for path, value in values.items()})
     return flat_points
+
+
+def sweep_points(config: dict) -> tuple[list[dict], str]:
+    """What a sweep tries first, flattened with "/": sweep.points_to_evaluate (what the user asked for
+    explicitly), then its base configuration (sweep.try_base, unless a base value lies outside the
+    space), without repeats. Also returns a note for the console when the base cannot be tried."""
+    sweep = config["sweep"]
+    space = sweep["search_space"]
+    given = check_points(sweep["points_to_evaluate"], space)
+    first, note = [], ""
+    if space and sweep["try_base"]:
+        base, why = base_point(space, config)
+        if base is None:
+            note = f"the base configuration is not tried first: {why}"
+        else:
+            first = check_points([base], space)
+    flat = []
+    for point in given + first:
+        if point not in flat:
+            flat.append(point)
+    return flat, note

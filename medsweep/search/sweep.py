@@ -15,11 +15,12 @@ from medsweep import data
 from medsweep.config import ConfigError, validate
 from medsweep.evaluation.metrics import BINARY_METRIC_NAMES, METRIC_NAMES, PER_CLASS_F1, WORST_GROUP_METRIC_NAMES, metric_names
 from medsweep.search.ranking import objectives
-from medsweep.search.space import apply_overrides, build_search_space, check_points, flatten
+from medsweep.search.space import apply_overrides, build_search_space, define_by_run, flatten, is_conditional, sweep_points
 from medsweep.training.model import check_available, check_lora_targets
 from medsweep.training.precision import check_precision
 
 EXPERIMENT_NAME = "sweep"
+EXTENDED_EXPERIMENT = "sweep_extended"  # the follow-up round of sweep.extend_edges (medsweep/search/edges.py)
 # Names a trial can report; which of them a task reports depends on its classes (metric_names):
 # binary tasks add sensitivity/specificity, and per-class F1 is val_f1_class_<index>.
 REPORTED_METRICS = tuple(f"val_{name}" for name in METRIC_NAMES + BINARY_METRIC_NAMES)
@@ -94,7 +95,7 @@ def preflight(config: dict) -> tuple[dict, data.DataSplits]:
         sweep["metric"], sweep["mode"] = sweep["metrics"][0], sweep["modes"][0]
     check_metric_names(config)
     space = build_search_space(sweep["search_space"], config)
-    check_points(sweep["points_to_evaluate"], sweep["search_space"])
+    sweep_points(config)
     if sweep["num_trials"] > 1 and not space:
         raise ConfigError("sweep.num_trials > 1 but sweep.search_space is empty: every trial would be the same")
     cluster = config["cluster"]
@@ -104,8 +105,10 @@ def preflight(config: dict) -> tuple[dict, data.DataSplits]:
             raise ConfigError(f"cluster.cpus_per_trial={cluster['cpus_per_trial']} but this machine has {cores} CPUs: no trial could start")
     else:
         check_reachable(cluster["address"])
+    # A space that searches model.finetune can draw LoRA trials: check their targets too.
+    can_draw_lora = "lora" in (flatten(sweep["search_space"]).get("model.finetune") or {}).get("values", [])
     check_available(config["model"]["name_or_path"], config["model"]["revision"], config["model"]["trust_remote_code"])
-    check_lora_targets(config["model"], sweep["search_space"])
+    check_lora_targets(dict(config["model"], finetune="lora") if can_draw_lora else config["model"], sweep["search_space"])
     splits = data.load_splits(config["data"])
     check_metric_names(config, len(splits.label_names))
     return space, splits
@@ -153,7 +156,10 @@ def build_searcher(config: dict, space: dict):
     from ray.tune.utils.util import unflatten_dict
 
     sweep = config["sweep"]
-    points = check_points(sweep["points_to_evaluate"], sweep["search_space"])
+    # The given points, then the base configuration (never worse than not sweeping).
+    points, _ = sweep_points(config)
+    # A conditional space (model.finetune searched) is sampled define-by-run; Tune then gets no param_space.
+    conditional = define_by_run(sweep["search_space"])
     if space and sweep["searcher"] == "optuna":
         import optuna
 
@@ -163,7 +169,10 @@ def build_searcher(config: dict, space: dict):
         if len(targets) > 1:
             # Multi-objective: Ray's OptunaSearch takes the lists itself (not TuneConfig) and tells
             # Optuna each trial's last reported values.
-            return OptunaSearch(metric=[m for m, _ in targets], mode=[m for _, m in targets], sampler=sampler,
+            return OptunaSearch(space=conditional, metric=[m for m, _ in targets], mode=[m for _, m in targets],
+                                sampler=sampler, points_to_evaluate=points or None)
+        if conditional is not None:
+            return OptunaSearch(space=conditional, metric=sweep["metric"], mode=sweep["mode"], sampler=sampler,
                                 points_to_evaluate=points or None)
         return OptunaSearch(sampler=sampler, points_to_evaluate=points or None)
     # The random searcher takes the points nested, as the param space is.
@@ -290,7 +299,8 @@ def console(config: dict, parameters: dict[str, str], metrics: dict[str, str], s
                         later_trials=later, later_s=PROMOTION_S if promote["enabled"] else 0.0)
 
 
-def run_sweep(config: dict, space: dict, num_train: int, trainable_fn=tune_trial, callbacks: list = ()):
+def run_sweep(config: dict, space: dict, num_train: int, trainable_fn=tune_trial, callbacks: list = (),
+              experiment: str = EXPERIMENT_NAME):
     """Run all trials; returns Ray's ResultGrid. The leaderboard is written as trials finish;
     `callbacks` (the trackers' Ray callbacks) see every result too."""
     from ray import tune
@@ -307,18 +317,23 @@ def run_sweep(config: dict, space: dict, num_train: int, trainable_fn=tune_trial
     # Show "lora.r" rather than "model.lora.r".
     reporter = console(config, {name: name.split(".", 1)[-1] for name in param_names},
                        {**{m: m for m, _ in objectives(sweep)}, "evaluation": "evals", "step": "step"})
-    experiment = f"{storage_path(config).rstrip('/')}/{EXPERIMENT_NAME}"
+    name, experiment = experiment, f"{storage_path(config).rstrip('/')}/{experiment}"
+    # A conditional space lives in the searcher (define-by-run); Tune must not get it as well.
+    param_space = {} if is_conditional(sweep["search_space"]) else space
     if tune.Tuner.can_restore(experiment):
         # Same command, same run dir: pick the sweep up where it stopped. Finished trials are
         # kept; unfinished ones continue from their last checkpoint; Optuna's state is restored.
         print(f"[medsweep] resuming the sweep in {experiment}: {len(leaderboard.rows)} trial(s) already finished",
               flush=True)
-        return tune.Tuner.restore(experiment, trainable=trainable_of(config, trainable_fn), param_space=space,
+        return tune.Tuner.restore(experiment, trainable=trainable_of(config, trainable_fn), param_space=param_space,
                                   resume_unfinished=True, resume_errored=False, restart_errored=False).fit()
     # With several objectives the searcher holds the metric lists and Tune must not set one metric on it.
     multi = len(objectives(sweep)) > 1
     searcher = build_searcher(config, space)
-    tuner = build_tuner(config, trainable_fn, space, EXPERIMENT_NAME, reporter=reporter,
+    _, note = sweep_points(config)
+    if note:
+        print(f"[medsweep] {note}", flush=True)
+    tuner = build_tuner(config, trainable_fn, param_space, name, reporter=reporter,
                         callbacks=[leaderboard, *callbacks],
                         tune_config={"metric": None if multi else sweep["metric"], "mode": None if multi else sweep["mode"],
                                      "num_samples": sweep["num_trials"], "search_alg": searcher,

@@ -110,3 +110,74 @@ def test_small_sweeps_get_guided_trials_after_a_few_random_ones():
     guided, all_random = _proposed_rates(9, None), _proposed_rates(9, 9)
     assert guided[:3] == all_random[:3]
     assert all(a != b for a, b in zip(guided[3:], all_random[3:]))
+
+
+CONDITIONAL = {"trainer": {"learning_rate": {"type": "loguniform", "lower": 1e-5, "upper": 1e-2}},
+               "model": {"finetune": {"type": "choice", "values": ["full", "lora"]},
+                         "lora": {"r": {"type": "choice", "values": [4, 8, 16]},
+                                  "dropout": {"type": "uniform", "lower": 0.0, "upper": 0.2}}}}
+
+
+def test_a_searched_finetune_draws_lora_dimensions_only_for_lora_trials():
+    from medsweep.search.space import is_conditional
+    from medsweep.search.sweep import build_searcher
+
+    config = compose_config(["model.finetune=full", "sweep.num_trials=12"])
+    config["sweep"]["search_space"] = CONDITIONAL
+    space = build_search_space(CONDITIONAL, config)  # LoRA dimensions accepted although the base is full
+    assert is_conditional(CONDITIONAL)
+    searcher = build_searcher(config, space)
+    drawn = []
+    for i in range(12):
+        sampled = searcher.suggest(str(i))
+        drawn.append(sampled)
+        searcher.on_trial_complete(str(i), {"val_f1_macro": 0.5, "training_iteration": 1})
+    # The first trial is the base configuration (full fine-tune): no LoRA value at all.
+    assert drawn[0] == {"trainer": {"learning_rate": config["trainer"]["learning_rate"]}, "model": {"finetune": "full"}}
+    kinds = {d["model"]["finetune"] for d in drawn}
+    assert kinds == {"full", "lora"}
+    for d in drawn:
+        lora = d["model"].get("lora")
+        if d["model"]["finetune"] == "full":
+            assert lora is None and flatten_values(d).keys() == {"trainer.learning_rate", "model.finetune"}
+        else:
+            assert lora["r"] in (4, 8, 16) and 0.0 <= lora["dropout"] <= 0.2
+        assert apply_overrides(config, d)["model"]["finetune"] == d["model"]["finetune"]
+
+
+def test_conditional_space_mistakes_are_one_line_errors():
+    from medsweep.search.space import check_points
+
+    config = compose_config(["model.finetune=full"])
+    never_lora = {"model": {"finetune": {"type": "choice", "values": ["full"]}, "lora": {"r": {"type": "choice", "values": [4]}}}}
+    with pytest.raises(ConfigError, match="never draws lora"):
+        build_search_space(never_lora, config)
+    with pytest.raises(ConfigError, match="values must be among"):
+        build_search_space({"model": {"finetune": {"type": "choice", "values": ["full", "qlora"]}}}, config)
+    random = compose_config(["model.finetune=full", "sweep.searcher=random"])
+    with pytest.raises(ConfigError, match="needs sweep.searcher=optuna"):
+        build_search_space(CONDITIONAL, random)
+    # Points: a full fine-tune sets no LoRA value, a LoRA one sets them all.
+    assert check_points([{"trainer": {"learning_rate": 1e-4}, "model": {"finetune": "full"}}], CONDITIONAL)
+    with pytest.raises(ConfigError, match="never draw"):
+        check_points([{"trainer": {"learning_rate": 1e-4}, "model": {"finetune": "full", "lora": {"r": 4, "dropout": 0.1}}}],
+                     CONDITIONAL)
+    with pytest.raises(ConfigError, match=r"missing \['model.lora.dropout'\]"):
+        check_points([{"trainer": {"learning_rate": 1e-4}, "model": {"finetune": "lora", "lora": {"r": 4}}}], CONDITIONAL)
+
+
+def test_every_shipped_sweep_tries_its_base_configuration_first():
+    from medsweep.search.space import base_point, sweep_points
+    from tests.conftest import CONF
+
+    for path in sorted((CONF / "sweep").glob("*.yaml")):
+        config = compose_config([f"+sweep={path.stem}"])
+        base, why = base_point(config["sweep"]["search_space"], config)
+        assert base is not None, f"{path.name}: {why}"
+        points, note = sweep_points(config)
+        assert note == "" and points[0] == {k.replace(".", "/"): v for k, v in flatten_values(base).items()}
+    # A base value outside its dimension: said, not tried (the searcher's own trials start the sweep).
+    config = compose_config(["+sweep=smoke", "trainer.learning_rate=1e-2"])
+    points, note = sweep_points(config)
+    assert points == [] and note == "the base configuration is not tried first: trainer.learning_rate=0.01 outside the search space"
+    assert sweep_points(compose_config(["+sweep=smoke", "sweep.try_base=false"]))[0] == []

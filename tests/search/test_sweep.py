@@ -99,12 +99,18 @@ def test_promoted_folder_loads_in_a_plain_pipeline_with_label_names(smoke_run):
 def test_single_run_without_sweep_is_one_trial_through_the_same_path(tmp_path):
     run_dir = tmp_path / "single"
     overrides = [o for o in TINY if not o.startswith("cluster.")]
+    # The default's seeds (README: `python -m medsweep.run` trains once): one configuration has nothing
+    # to choose between, so it is trained once with trainer.seed, and the console says so.
     proc = run_cli(*overrides, "data.max_train_samples=48", "trainer.epochs=1", "cluster.num_cpus=1",
-                   "cluster.cpus_per_trial=1", f"hydra.run.dir={run_dir}", timeout=240)
+                   "cluster.cpus_per_trial=1", "promote.seeds=[1,2]", f"hydra.run.dir={run_dir}", timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader(open(run_dir / "leaderboard.csv")))
     assert len(rows) == 1 and rows[0]["status"] == "completed"
-    assert (run_dir / "promoted" / "metrics.json").exists()
+    metrics = json.loads((run_dir / "promoted" / "metrics.json").read_text())
+    assert metrics["seed_robustness"]["seeds"] == [42] and not (run_dir / "ray" / "seeds").exists()
+    assert metrics["training"] == {"rows": 48, "train_fingerprint": metrics["data_fingerprints"]["train"], "refit": False,
+                                   "all_training_rows": 1859, "steps": 3, "epoch": 1.0}
+    assert "one configuration, nothing to choose between: no seed re-runs or refit" in proc.stdout
 
 
 def test_trials_reuse_one_worker_process_and_each_starts_fresh(tmp_path):
