@@ -21,6 +21,7 @@ import statistics
 import time
 from pathlib import Path
 
+from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
 BUDGET_FILE = "budget.json"
@@ -30,6 +31,12 @@ BUDGET_FILE = "budget.json"
 PROMOTION_S = 15.0
 # How often the count is written (a kill loses at most this much of it).
 WRITE_EVERY_S = 1.0
+# Tune registers a reported checkpoint a moment after the result; stopping all trials in between
+# drops it. The budget waits for these registrations (at most this long after a result).
+SAVE_GRACE_S = 10.0
+# budget file -> {trial id: when it reported a checkpoint Tune has not registered yet}. Module state
+# because the stopper and the callback are pickled apart (a resumed sweep unpickles them separately).
+_SAVING: dict[str, dict[str, float]] = {}
 
 
 def read(run_dir: str | Path) -> dict:
@@ -73,7 +80,7 @@ class SearchBudget(Stopper):
     def _load(self) -> dict:
         if self._state is None:
             state = {"limit_s": self.limit_s, "used_s": 0.0, "seconds_per_evaluation": {}, "stopped": False}
-            state.update({k: v for k, v in read(self.path.parent).items() if k in state and k != "limit_s"})
+            state.update({k: v for k, v in read(self.path.parent).items() if k != "limit_s"})
             state["stopped"] = False  # a resumed sweep checks again
             self._state = state
         return self._state
@@ -97,8 +104,14 @@ class SearchBudget(Stopper):
         # Every result: the trial's seconds per evaluation so far (its start-up included).
         iterations, seconds = result.get("training_iteration"), result.get("time_total_s")
         if iterations and seconds:
-            self._load()["seconds_per_evaluation"][trial_id] = seconds / iterations
+            state = self._load()
+            state["seconds_per_evaluation"][trial_id] = seconds / iterations
+            state.setdefault("first_result_s", state["used_s"])
         return False
+
+    def saving(self) -> bool:
+        now = time.time()
+        return any(now - at < SAVE_GRACE_S for at in _SAVING.get(str(self.path), {}).values())
 
     def stop_all(self) -> bool:
         state, now = self._load(), time.time()
@@ -106,7 +119,7 @@ class SearchBudget(Stopper):
             state["used_s"] += now - self._last_check
         self._last_check = now
         reserve = self.reserve_s()
-        stop = reserve is not None and state["used_s"] + reserve >= self.limit_s
+        stop = reserve is not None and state["used_s"] + reserve >= self.limit_s and not self.saving()
         if stop and not state["stopped"]:
             state.update(stopped=True, reserve_s=reserve)
             print(f"[medsweep] time budget: the search stops after {state['used_s']:.0f}s of {self.limit_s:.0f}s, "
@@ -115,3 +128,21 @@ class SearchBudget(Stopper):
         elif now - self._written >= WRITE_EVERY_S:
             self._write()
         return stop
+
+
+class CheckpointsInFlight(Callback):
+    """Tells the budget which trials' reported checkpoints Tune has yet to register (see _SAVING)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.key = str(Path(run_dir).resolve() / BUDGET_FILE)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        _SAVING.setdefault(self.key, {})[trial.trial_id] = time.time()
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        _SAVING.get(self.key, {}).pop(trial.trial_id, None)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        _SAVING.get(self.key, {}).pop(trial.trial_id, None)
+
+    on_trial_error = on_trial_complete

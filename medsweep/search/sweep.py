@@ -300,8 +300,13 @@ def run_sweep(config: dict, space: dict, num_train: int, trainable_fn=tune_trial
     if isinstance(searcher, Searcher):
         study.write_study_file(config, experiment)
         callbacks = [study.closer(config, experiment), *callbacks]
+    stopper = time_budget(config, num_train)
+    if stopper is not None:
+        from medsweep.search.budget import CheckpointsInFlight
+
+        callbacks = [CheckpointsInFlight(config["run_dir"]), *callbacks]
     tuner = build_tuner(config, trainable_fn, space, EXPERIMENT_NAME, reporter=reporter,
-                        callbacks=[leaderboard, *callbacks], stop=time_budget(config, num_train),
+                        callbacks=[leaderboard, *callbacks], stop=stopper,
                         tune_config={"metric": None if multi else sweep["metric"], "mode": None if multi else sweep["mode"],
                                      "num_samples": sweep["num_trials"], "search_alg": searcher,
                                      "max_concurrent_trials": sweep["max_concurrent"] if isinstance(searcher, Searcher) else None,
