@@ -308,7 +308,7 @@ def warm_start_trials(config: dict, fingerprints: dict | None = None) -> list:
 
 def check_dimensions(source: str, params: dict, distributions: dict) -> None:
     """An earlier trial must set exactly this sweep's dimensions, each inside this sweep's range."""
-    label = lambda name: name.replace("/", ".")  # noqa: E731  the names people wrote in the YAML
+    label = lambda name: name.replace("/", ".")
     if missing := sorted(set(distributions) - set(params)):
         raise ConfigError(f"sweep.warm_start: {source} did not search {label(missing[0])}, which this sweep does")
     if extra := sorted(set(params) - set(distributions)):

@@ -31,7 +31,7 @@ def trials_from_another_process(storage: str, name: str) -> list[dict]:
         "s = optuna.load_study(study_name=sys.argv[2], storage=open_storage(sys.argv[1]))\n"
         "print(json.dumps([{'number': t.number, 'state': t.state.name, 'value': t.value, 'params': t.params,\n"
         "  'steps': sorted(t.intermediate_values), 'attrs': t.user_attrs} for t in s.trials]))\n")
-    proc = subprocess.run([sys.executable, "-c", code, storage, name], cwd=ROOT, capture_output=True, text=True, timeout=120,
+    proc = subprocess.run([sys.executable, "-c", code, storage, name], check=False, cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout)
@@ -188,3 +188,57 @@ def test_a_warm_started_sweep_under_a_tiny_budget_ends_with_a_promoted_model(smo
     for row in rows:
         assert new[row["trial_id"]].user_attrs["medsweep_status"] == row["status"]
         assert new[row["trial_id"]].state.name == STATE_OF[row["status"]]
+
+
+@pytest.mark.slow  # two sweeps and a kill -9: a few minutes on 2 cores (`make test-slow`)
+def test_a_killed_and_resumed_sweep_keeps_one_study_and_counts_its_budget_across(tmp_path):
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "medsweep.run", "+sweep=smoke", "sweep.num_trials=3", "sweep.max_concurrent=1",
+            "data.max_train_samples=96", "data.max_eval_samples=60", "trainer.max_length=32", "sweep.time_budget_s=3000",
+            f"hydra.run.dir={run_dir}"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    driver = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    processes = []
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not ((run_dir / "leaderboard.csv").exists() and leaderboard(run_dir)):
+            processes = psutil.Process(driver.pid).children(recursive=True) or processes
+            time.sleep(0.3)
+        assert leaderboard(run_dir), "no trial finished before the deadline"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        for process in processes:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        driver.wait(timeout=30)
+    used_before = budget.read(run_dir)["used_s"]
+    time.sleep(5)  # the driver is down: not search time
+
+    started = time.time()
+    proc = subprocess.run(args, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    wall = time.time() - started
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming the sweep" in proc.stdout
+    used_after = budget.read(run_dir)["used_s"]
+    assert used_before > 0 and used_before < used_after < used_before + wall
+
+    rows = leaderboard(run_dir)
+    assert len(rows) == 3
+    trials = trials_from_another_process(str(run_dir / study.JOURNAL_FILE), "smoke")
+    ran = [t for t in trials if t["attrs"].get("medsweep_status") != "orphaned"]
+    ids = [t["attrs"]["ray_trial_id"] for t in ran]
+    assert sorted(ids) == sorted(r["trial_id"] for r in rows)  # each trial once, none lost
+    by_id = {t["attrs"]["ray_trial_id"]: t for t in ran}
+    for row in rows:
+        assert by_id[row["trial_id"]]["state"] == STATE_OF[row["status"]]
+        assert by_id[row["trial_id"]]["value"] == pytest.approx(float(row["best_value"]))
+    assert all(t["state"] in ("COMPLETE", "PRUNED", "FAIL") for t in trials)
