@@ -13,7 +13,7 @@ import pytest
 
 from medsweep.config import ConfigError
 from medsweep.search import budget, study, sweep
-from tests.conftest import ROOT, compose_config, run_cli
+from tests.conftest import ROOT, compose_config, kill_driver_after_first_trial, run_cli
 
 STATE_OF = {"completed": "COMPLETE", "early_stopped": "PRUNED", "budget_stopped": "PRUNED"}
 
@@ -193,33 +193,14 @@ def test_a_warm_started_sweep_under_a_tiny_budget_ends_with_a_promoted_model(smo
 @pytest.mark.slow  # two sweeps and a kill -9: a few minutes on 2 cores (`make test-slow`)
 def test_a_killed_and_resumed_sweep_keeps_one_study_and_counts_its_budget_across(tmp_path):
     import os
-    import signal
     import time
-
-    import psutil
 
     run_dir = tmp_path / "run"
     args = [sys.executable, "-m", "medsweep.run", "+sweep=smoke", "sweep.num_trials=3", "sweep.max_concurrent=1",
             "data.max_train_samples=96", "data.max_eval_samples=60", "trainer.max_length=32", "sweep.time_budget_s=3000",
             f"hydra.run.dir={run_dir}"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    driver = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-    processes = []
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and not ((run_dir / "leaderboard.csv").exists() and leaderboard(run_dir)):
-            processes = psutil.Process(driver.pid).children(recursive=True) or processes
-            time.sleep(0.3)
-        assert leaderboard(run_dir), "no trial finished before the deadline"
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        for process in processes:
-            try:
-                process.kill()
-            except psutil.NoSuchProcess:
-                pass
-        driver.wait(timeout=30)
+    kill_driver_after_first_trial(args, run_dir, env=env)
     used_before = budget.read(run_dir)["used_s"]
     time.sleep(5)  # the driver is down: not search time
 
