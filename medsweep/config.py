@@ -180,6 +180,17 @@ class SweepConfig:
     # After the sweep, when the best trials sit at the edge of a numeric range, run one more round of
     # num_trials with those ranges moved (centred on the best value; medsweep/search/edges.py).
     extend_edges: bool = False
+    # The Optuna study (medsweep/search/study.py): null stores it in Optuna's journal file
+    # <run dir>/optuna.journal; an RDB URL (sqlite:///..., postgresql://..., mysql://...) shares it
+    # among drivers and a dashboard. study_name null: sweep.name.
+    storage: Optional[str] = None
+    study_name: Optional[str] = None
+    # Earlier run dirs whose trials TPE is given before the first new trial (same splits, objective
+    # and search dimensions, or the run is refused).
+    warm_start: List[str] = field(default_factory=list)
+    # Wall-time budget of the run in seconds (search + seed re-runs + promotion; null: none),
+    # counted across a kill and resume (medsweep/search/budget.py).
+    time_budget_s: Optional[float] = None
 
 
 @dataclass
@@ -270,6 +281,7 @@ def validate(config: dict) -> None:
         (s["scheduler"] in SCHEDULERS, f"sweep.scheduler must be one of {SCHEDULERS}, got {s['scheduler']!r}"),
         (t["evaluations"] is None or t["evaluations"] >= 1, f"trainer.evaluations must be >= 1 or null, got {t['evaluations']}"),
         (s["grace_period"] >= 1, "sweep.grace_period must be >= 1"),
+        (s["time_budget_s"] is None or s["time_budget_s"] > 0, f"sweep.time_budget_s must be > 0 or null, got {s['time_budget_s']}"),
         (s["reduction_factor"] >= 2, "sweep.reduction_factor must be >= 2"),
         (s["max_failures"] >= -1, "sweep.max_failures must be >= 0 (or -1: retry forever)"),
         (len(s["metrics"]) == len(s["modes"]), f"sweep.metrics and sweep.modes must have the same length, got {len(s['metrics'])} and {len(s['modes'])}"),

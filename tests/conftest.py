@@ -75,3 +75,35 @@ def smoke_sweep(tmp_path_factory):
         proc = run_cli("+sweep=smoke", "tracker=wandb", f"hydra.run.dir={run_dir}", env=wandb_env(base), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir, base, proc
+
+
+def kill_driver_after_first_trial(args: list[str], run_dir: Path, env: dict | None = None, timeout: int = 300) -> None:
+    """Start the driver command `args` and kill -9 it and everything it started, as a crashed
+    machine would, once its leaderboard has a finished trial."""
+    import csv
+    import signal
+    import time
+
+    import psutil
+
+    def finished() -> list:
+        path = run_dir / "leaderboard.csv"
+        return list(csv.DictReader(open(path))) if path.exists() else []
+
+    driver = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    processes = []
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline and not finished():
+            processes = psutil.Process(driver.pid).children(recursive=True) or processes
+            time.sleep(0.3)
+        assert finished(), "no trial finished before the deadline"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        for process in processes:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        driver.wait(timeout=30)

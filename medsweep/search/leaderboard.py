@@ -108,6 +108,16 @@ class Leaderboard(TrialResults):
     def on_trial_error(self, iteration, trials, trial, **info):
         self._finish(trial, "error", error_reason(trial)[:200])
 
+    def on_experiment_end(self, trials, **info):
+        # When sweep.time_budget_s ends the search, Tune stops the running trials all at once
+        # without on_trial_complete: they get their rows here.
+        from medsweep.search import budget
+
+        if budget.exhausted(self.run_dir):
+            for trial in trials:
+                if trial.trial_id not in self.rows and trial.trial_id in self.best:
+                    self._finish(trial, "budget_stopped")
+
     # --- table -----------------------------------------------------------------------------------
     def _finish(self, trial, status: str, error: str = "") -> None:
         tid = trial.trial_id

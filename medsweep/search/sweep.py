@@ -14,6 +14,7 @@ from pathlib import Path
 from medsweep import data
 from medsweep.config import ConfigError, validate
 from medsweep.evaluation.metrics import BINARY_METRIC_NAMES, METRIC_NAMES, PER_CLASS_F1, WORST_GROUP_METRIC_NAMES, metric_names
+from medsweep.search import study
 from medsweep.search.ranking import objectives
 from medsweep.search.space import apply_overrides, build_search_space, define_by_run, flatten, is_conditional, sweep_points
 from medsweep.training.model import check_available, check_lora_targets
@@ -111,6 +112,9 @@ def preflight(config: dict) -> tuple[dict, data.DataSplits]:
     check_lora_targets(dict(config["model"], finetune="lora") if can_draw_lora else config["model"], sweep["search_space"])
     splits = data.load_splits(config["data"])
     check_metric_names(config, len(splits.label_names))
+    if space and sweep["searcher"] == "optuna":
+        study.check_storage(config)
+    study.warm_start_trials(config, splits.fingerprints)  # refused here, before Ray, if not comparable
     return space, splits
 
 
@@ -150,9 +154,8 @@ def init_ray(cluster: dict) -> None:
             raise ConfigError(f"cannot connect to the Ray cluster at {cluster['address']!r}: {exc}") from None
 
 
-def build_searcher(config: dict, space: dict):
+def build_searcher(config: dict, space: dict, experiment: str = EXPERIMENT_NAME):
     from ray.tune.search import BasicVariantGenerator
-    from ray.tune.search.optuna import OptunaSearch
     from ray.tune.utils.util import unflatten_dict
 
     sweep = config["sweep"]
@@ -166,15 +169,18 @@ def build_searcher(config: dict, space: dict):
         # TPE seeded: the same sweep proposes the same trials (up to Ray's scheduling order).
         sampler = optuna.samplers.TPESampler(seed=sweep["seed"], n_startup_trials=startup_trials(sweep))
         targets = objectives(sweep)
+        # The study lives in storage others can read (study.py): a dashboard, another driver, a warm start.
+        recorded = {"study_name": study.study_name(config), "storage": study.open_storage(study.storage_url(config)),
+                    "experiment": experiment_path(config, experiment), "warm_trials": study.warm_start_trials(config)}
         if len(targets) > 1:
             # Multi-objective: Ray's OptunaSearch takes the lists itself (not TuneConfig) and tells
             # Optuna each trial's last reported values.
-            return OptunaSearch(space=conditional, metric=[m for m, _ in targets], mode=[m for _, m in targets],
-                                sampler=sampler, points_to_evaluate=points or None)
+            return study.make_searcher(space=conditional, metric=[m for m, _ in targets], mode=[m for _, m in targets],
+                                       sampler=sampler, points_to_evaluate=points or None, **recorded)
         if conditional is not None:
-            return OptunaSearch(space=conditional, metric=sweep["metric"], mode=sweep["mode"], sampler=sampler,
-                                points_to_evaluate=points or None)
-        return OptunaSearch(sampler=sampler, points_to_evaluate=points or None)
+            return study.make_searcher(space=conditional, metric=sweep["metric"], mode=sweep["mode"], sampler=sampler,
+                                       points_to_evaluate=points or None, **recorded)
+        return study.make_searcher(sampler=sampler, points_to_evaluate=points or None, **recorded)
     # The random searcher takes the points nested, as the param space is.
     nested = [unflatten_dict(point, delimiter="/") for point in points]
     # Tune ignores TuneConfig.max_concurrent_trials for this generator: it takes the limit itself.
@@ -244,7 +250,7 @@ def build_scheduler(config: dict, num_train: int):
 
 
 def build_tuner(config: dict, function, param_space: dict, name: str, *, tune_config: dict, reporter,
-                callbacks: list = (), trainable_kwargs: dict | None = None):
+                callbacks: list = (), trainable_kwargs: dict | None = None, stop=None):
     """The one place a Tuner is made, for the sweep and for the seed re-runs: the same trainable
     resources, storage, checkpoint keeping (one checkpoint per trial, its best evaluation by the
     primary metric: what promotion needs; Ray also keeps each trial's latest, to resume from),
@@ -264,6 +270,7 @@ def build_tuner(config: dict, function, param_space: dict, name: str, *, tune_co
             # A failed trial (node lost, transient error) is retried from its last checkpoint.
             failure_config=tune.FailureConfig(max_failures=sweep["max_failures"]),
             callbacks=list(callbacks),
+            stop=stop,
             progress_reporter=reporter,
             verbose=1,
         ),
@@ -281,6 +288,11 @@ def trainable_of(config: dict, function, **parameters):
     config = dict(config, run_dir=str(Path(config["run_dir"]).resolve()))
     return tune.with_resources(tune.with_parameters(function, base_config=config, **parameters),
                                {"cpu": cluster["cpus_per_trial"], "gpu": cluster["gpus_per_trial"]})
+
+
+def experiment_path(config: dict, name: str = EXPERIMENT_NAME) -> str:
+    """Ray's experiment folder of the sweep (what Tuner.restore resumes)."""
+    return f"{storage_path(config).rstrip('/')}/{name}"
 
 
 def storage_path(config: dict) -> str:
@@ -317,7 +329,7 @@ def run_sweep(config: dict, space: dict, num_train: int, trainable_fn=tune_trial
     # Show "lora.r" rather than "model.lora.r".
     reporter = console(config, {name: name.split(".", 1)[-1] for name in param_names},
                        {**{m: m for m, _ in objectives(sweep)}, "evaluation": "evals", "step": "step"})
-    name, experiment = experiment, f"{storage_path(config).rstrip('/')}/{experiment}"
+    name, experiment = experiment, experiment_path(config, experiment)
     # A conditional space lives in the searcher (define-by-run); Tune must not get it as well.
     param_space = {} if is_conditional(sweep["search_space"]) else space
     if tune.Tuner.can_restore(experiment):
@@ -329,17 +341,40 @@ def run_sweep(config: dict, space: dict, num_train: int, trainable_fn=tune_trial
                                   resume_unfinished=True, resume_errored=False, restart_errored=False).fit()
     # With several objectives the searcher holds the metric lists and Tune must not set one metric on it.
     multi = len(objectives(sweep)) > 1
-    searcher = build_searcher(config, space)
+    searcher = build_searcher(config, space, name)
     _, note = sweep_points(config)
     if note:
         print(f"[medsweep] {note}", flush=True)
+    if isinstance(searcher, Searcher):
+        study.write_study_file(config, experiment)
+        callbacks = [study.closer(config, experiment), *callbacks]
+    stopper = time_budget(config, num_train)
+    if stopper is not None:
+        from medsweep.search.budget import CheckpointsInFlight
+
+        callbacks = [CheckpointsInFlight(config["run_dir"]), *callbacks]
     tuner = build_tuner(config, trainable_fn, param_space, name, reporter=reporter,
-                        callbacks=[leaderboard, *callbacks],
+                        callbacks=[leaderboard, *callbacks], stop=stopper,
                         tune_config={"metric": None if multi else sweep["metric"], "mode": None if multi else sweep["mode"],
                                      "num_samples": sweep["num_trials"], "search_alg": searcher,
                                      "max_concurrent_trials": sweep["max_concurrent"] if isinstance(searcher, Searcher) else None,
                                      "scheduler": build_scheduler(config, num_train)})
     return tuner.fit()
+
+
+def time_budget(config: dict, num_train: int):
+    """sweep.time_budget_s as a Tune stopper (budget.py), reset for a new sweep; None without one."""
+    from medsweep.search import budget
+
+    sweep, cluster = config["sweep"], config["cluster"]
+    if sweep["time_budget_s"] is None:
+        return None
+    slots = int((cluster["num_cpus"] or os.cpu_count() or 1) // cluster["cpus_per_trial"]) if cluster["address"] is None else sweep["max_concurrent"]
+    stopper = budget.SearchBudget(sweep["time_budget_s"], config["run_dir"], budget.reruns(config),
+                                  concurrency=max(1, min(sweep["max_concurrent"], slots)),
+                                  full_evaluations=max_evaluations(config, num_train))
+    stopper.start()
+    return stopper
 
 
 def write_json(path: Path, payload: dict) -> None:

@@ -84,12 +84,14 @@ def _proposed_rates(num_trials: int, startup: int | None) -> list[float]:
     """Learning rates the sweep's Optuna searcher proposes, fed a score that peaks at lr 1e-3, one trial
     at a time as Tune would: the searcher exactly as the sweep builds it."""
     import math
+    import tempfile
 
     from medsweep.search.sweep import build_searcher
 
     config = compose_config(["+sweep=smoke", f"sweep.num_trials={num_trials}", f"sweep.startup_trials={startup or 'null'}",
                              "sweep.search_space.trainer.learning_rate.lower=1e-6",
-                             "sweep.search_space.trainer.learning_rate.upper=1e-1"])
+                             "sweep.search_space.trainer.learning_rate.upper=1e-1"],
+                            run_dir=tempfile.mkdtemp())  # its own Optuna study (journal in the run dir)
     space = build_search_space(config["sweep"]["search_space"], config)
     searcher = build_searcher(config, space)
     searcher.set_search_properties("val_f1_macro", "max", space)
