@@ -127,7 +127,7 @@ class MlflowTracker(Tracker):
         if self.parent_id is not None:
             return self.parent_id
         client = self._client(config)
-        marker = Path(config["run_dir"]).resolve() / STORE_DIR / PARENT_FILE
+        marker = store_dir(config) / PARENT_FILE
         if marker.exists():
             run_id = marker.read_text().strip()
             try:

@@ -40,9 +40,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from medsweep.config import ConfigError
+from medsweep.evaluation.metrics import METRIC_NAMES, WORST_GROUP_METRIC_NAMES
 from medsweep.release import layout
 from medsweep.search.leaderboard import TrialResults
-from medsweep.evaluation.metrics import METRIC_NAMES, WORST_GROUP_METRIC_NAMES
 from medsweep.search.space import apply_overrides
 
 # What a trial run's history gets from each evaluation; everything else in Ray's result is dropped.

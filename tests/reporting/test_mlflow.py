@@ -109,3 +109,19 @@ def test_an_unreachable_tracking_server_is_one_config_error_before_any_trial(tmp
     with pytest.raises(ConfigError, match=f"tracker.tracking_uri='http://127.0.0.1:{port}' cannot be used"):
         tracking.check(config)
     assert not (tmp_path / "mlflow").exists()
+
+
+@slow
+def test_log_examples_true_is_what_puts_text_in_the_store(mlflow_sweep, tmp_path):
+    # The canary check above can fail: with log_examples the same sweep's record carries the texts.
+    import yaml
+
+    from medsweep.reporting import tracking
+
+    run_dir, _, _ = mlflow_sweep
+    config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    config.update(run_dir=str(run_dir))
+    config["tracker"].update(log_examples=True, dir=str(tmp_path))
+    tracking.log_sweep(config, run_dir, None)
+    store = [p for p in (tmp_path / "mlflow").rglob("validation_examples.json")]
+    assert len(store) == 1 and CANARY in store[0].read_text()
