@@ -164,10 +164,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--soak", type=int, default=10_000, help="requests between the two RSS readings")
+    parser.add_argument("--soak-seconds", type=float, default=180.0, help="...or until this many seconds have passed")
     parser.add_argument("--quick", action="store_true", help="3 s cells, 1 repeat, 1,000-request soak")
     args = parser.parse_args()
     if args.quick:
-        args.seconds, args.repeats, args.soak = 3.0, 1, 1000
+        args.seconds, args.repeats, args.soak, args.soak_seconds = 3.0, 1, 1000, 30.0
     clients = [int(c) for c in args.clients.split(",")]
     texts = abstracts()
     tokens = None
@@ -207,15 +208,15 @@ def main() -> None:
             print("\nrejections (batched server), latency ms p50 / p99: idle vs 32 clients loading it "
                   f"({busy['rps']:.1f} req/s meanwhile)")
             for status in (401, 413, 422):
-                print(f"  {status}: idle {idle['probe'][status][0]:6.1f} / {idle['probe'][status][1]:6.1f}   "
+                print(f"  {status}: idle {idle[status][0]:6.1f} / {idle[status][1]:6.1f}   "
                       f"under load {busy['probe'][status][0]:6.1f} / {busy['probe'][status][1]:6.1f}")
 
             proc, url = servers["batched"]
             before = rss_mib(proc.pid)
             started = time.perf_counter()
-            soak = asyncio.run(load(url, texts, 32, requests=args.soak))
+            soak = asyncio.run(load(url, texts, 32, seconds=args.soak_seconds, requests=args.soak))
             after = rss_mib(proc.pid)
-            print(f"\nsoak: {soak['n']} requests at 32 clients in {time.perf_counter() - started:.0f} s "
+            print(f"\nsoak: {soak['n']} requests (asked for {args.soak}, at most {args.soak_seconds:.0f} s) at 32 clients in {time.perf_counter() - started:.0f} s "
                   f"({soak['rps']:.1f} req/s, non-200: {soak['errors']}); batched server RSS {before:.0f} MiB before, "
                   f"{after:.0f} MiB after ({after - before:+.0f} MiB)")
         finally:

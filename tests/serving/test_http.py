@@ -203,7 +203,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(checkpoints,
         rejection.expected_statuses = [*rejection.expected_statuses, "413"]
         cases = st.one_of(schema.as_strategy(GenerationMode.POSITIVE), schema.as_strategy(GenerationMode.NEGATIVE))
         seen = []
-        stop_at = time.time() + 15
+        stop_at = time.time() + 10
 
         @settings(max_examples=100, deadline=None, database=None, derandomize=True,
                   phases=[Phase.generate], suppress_health_check=list(HealthCheck))
@@ -216,7 +216,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(checkpoints,
 
         fuzz()
     statuses = {status for _, _, status in seen}
-    assert len(seen) >= 20, seen
+    assert len(seen) >= 10, seen
     assert not [s for s in statuses if s >= 500], seen
     assert {"/predict", "/reload", "/health"} <= {path for _, path, _ in seen}
     assert 200 in statuses and 422 in statuses  # valid and invalid bodies were both sent
