@@ -14,6 +14,7 @@ from pathlib import Path
 from medsweep import data
 from medsweep.config import ConfigError, validate
 from medsweep.evaluation.metrics import BINARY_METRIC_NAMES, METRIC_NAMES, PER_CLASS_F1, WORST_GROUP_METRIC_NAMES, metric_names
+from medsweep.search import resources
 from medsweep.search.ranking import objectives
 from medsweep.search.space import apply_overrides, build_search_space, check_points, flatten
 from medsweep.training.model import check_available, check_lora_targets
@@ -242,6 +243,7 @@ def trainable_of(config: dict, function, **parameters):
 
     cluster = config["cluster"]
     init_ray(cluster)
+    resources.resolve_gpus_per_trial(config)  # "auto": measured once, before the first trial, then a number
     return tune.with_resources(tune.with_parameters(function, base_config=config, **parameters),
                                {"cpu": cluster["cpus_per_trial"], "gpu": cluster["gpus_per_trial"]})
 
