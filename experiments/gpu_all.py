@@ -31,6 +31,7 @@ import gc
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -405,6 +406,8 @@ def main(argv: list[str] | None = None) -> dict:
         summary["elapsed_s"] = round(time.time() - started, 1)
         write_json(args.out / f"{name}.json", record)
         write_json(args.out / "gpu_all.json", summary)
+    # Run dirs, checkpoints and Ray results of the sweeps: the numbers are in the JSON, and $OUT must stay small.
+    shutil.rmtree(run.scratch, ignore_errors=True)
     statuses = {name: record["status"] for name, record in summary["sections"].items()}
     print(f"gpu_all: {statuses} in {summary['elapsed_s']} s; results in {args.out / 'gpu_all.json'}", flush=True)
     return summary
