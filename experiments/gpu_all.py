@@ -139,28 +139,13 @@ def section_env(run: Run) -> dict:
     return info
 
 
-class CpuMemory:
-    """--tiny on a CPU: the process's peak resident memory stands in for the GPU allocator's reading."""
-
-    def reset(self):
-        pass
-
-    def read(self) -> dict:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        return {"device": "cpu (process peak RSS)", "total_bytes": total, "peak_allocated_bytes": peak,
-                "peak_reserved_bytes": peak, "context_bytes": 0}
-
-
 def probe_one(run: Run, overrides: list[str], run_dir: Path) -> dict:
     """cluster.gpus_per_trial=auto exactly as a sweep resolves it, with the probe in this process."""
     from medsweep.run import compose
     from medsweep.search import resources
 
     config = compose(overrides + ["cluster.gpus_per_trial=auto", "sweep.max_concurrent=4"], run_dir)
-    memory = None if run.cuda else CpuMemory()
+    memory = None if run.cuda else resources.ProcessMemory()
     share = resources.resolve_gpus_per_trial(
         config, probe=lambda probed: resources.measure_peak_memory(probed, memory=memory),
         gpus=lambda: float(torch.cuda.device_count()) if run.cuda else 1.0)

@@ -103,6 +103,22 @@ class CudaMemory:
                 "peak_reserved_bytes": int(torch.cuda.max_memory_reserved()), "context_bytes": int(self.before)}
 
 
+class ProcessMemory:
+    """A CPU stand-in for CudaMemory (experiments/gpu_all.py --tiny, tests): the process's peak
+    resident memory over its life, against the machine's RAM. Not resettable, so an upper bound."""
+
+    def reset(self) -> None:
+        pass
+
+    def read(self) -> dict:
+        import os
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        return {"device": "cpu (process peak RSS)", "total_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+                "peak_allocated_bytes": peak, "peak_reserved_bytes": peak, "context_bytes": 0}
+
+
 def measure_peak_memory(config: dict, steps: int = 3, memory=None, device: Optional[str] = None) -> dict:
     """Train `steps` optimizer steps on full-length random inputs at the config's batch_size x
     max_length, then one evaluation batch at eval_batch_size, as a trial does (the trial's model
@@ -184,13 +200,14 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0))
 
 
-def probe_on_a_gpu(config: dict) -> dict:
+def probe_on_a_gpu(config: dict, num_gpus: float = 1, memory=None) -> dict:
     """Run the probe as a Ray task on one whole GPU of the cluster (where trials will run). The
-    worker exits afterwards (max_calls=1), so its CUDA context and cache are gone before trials start."""
+    worker exits afterwards (max_calls=1), so its CUDA context and cache are gone before trials start.
+    (`num_gpus=0` with a CPU `memory` reader runs the same task on a CPU, for tests.)"""
     import ray
 
-    task = ray.remote(num_gpus=1, num_cpus=config["cluster"]["cpus_per_trial"], max_calls=1)(measure_peak_memory)
-    return ray.get(task.remote(config))
+    task = ray.remote(num_gpus=num_gpus, num_cpus=config["cluster"]["cpus_per_trial"], max_calls=1)(measure_peak_memory)
+    return ray.get(task.remote(config, memory=memory))
 
 
 def describe(plan: dict, probe: dict, shape: dict) -> str:

@@ -161,7 +161,7 @@ def test_cli_refuses_a_bad_gpu_share_in_one_line(tmp_path):
     assert not (tmp_path / "run" / "ray").exists()
 
 
-@pytest.mark.slow  # a real sweep through Ray, ~40 s: `make test-slow`
+@pytest.mark.slow  # a real sweep through Ray, 1-3 min on 2 shared cores: `make test-slow`
 def test_a_cpu_sweep_with_auto_runs_its_trials_on_cpus(tmp_path):
     run_dir = tmp_path / "run"
     proc = run_cli(*TINY, "cluster.gpus_per_trial=auto", "cluster.num_cpus=2", "promote.enabled=false",
@@ -170,3 +170,18 @@ def test_a_cpu_sweep_with_auto_runs_its_trials_on_cpus(tmp_path):
     assert "cluster.gpus_per_trial=auto: no GPU in the Ray cluster" in proc.stdout
     assert json.loads((run_dir / "gpu_probe.json").read_text())["gpus_per_trial"] == 0
     assert (run_dir / "leaderboard.csv").exists()
+
+
+@pytest.mark.slow  # an embedded Ray and a fresh worker that imports the training stack: ~1 min on 2 shared cores
+def test_the_probe_runs_as_a_ray_task_in_a_worker_that_then_exits(auto_config, monkeypatch):
+    import ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False)
+    try:
+        measured = resources.probe_on_a_gpu(resources.probe_config(auto_config), num_gpus=0,
+                                            memory=resources.ProcessMemory())
+    finally:
+        ray.shutdown()
+    assert measured["shapes"] == [(8, 48)] * 3 + [(12, 48)] and not measured["out_of_memory"]
+    assert measured["peak_reserved_bytes"] > 0 and measured["device"].startswith("cpu")
