@@ -311,20 +311,21 @@ def section_switches(run: Run) -> dict:
     base = run.encoder + run.common + run.gpu + (["model.dtype=bfloat16"] if run.cuda else [])
     variants = {"default": [], "attention_eager": ["model.attn_implementation=eager"],
                 "loader_no_workers": ["cluster.cpus_per_trial=1"]}
-    if not run.tiny:  # compiling a tiny model on a CPU measures the compiler, nothing else
-        variants["torch_compile"] = ["trainer.torch_compile=true"]
     try:
         import flash_attn  # noqa: F401
 
         variants["flash_attention_2"] = ["model.attn_implementation=flash_attention_2"]
     except ImportError:
         pass
+    if not run.tiny:  # compiling a tiny model on a CPU measures the compiler, nothing else
+        variants["torch_compile"] = ["trainer.torch_compile=true"]  # last: recompiles for new lengths, the slowest
     rows = {}
     for name, extra in variants.items():
         try:
             rows[name] = trial(base + extra)
         except (Exception, SystemExit) as exc:  # one switch failing (flash-attn on BERT, say) must not cost the others
             rows[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        write_json(run.out / "switches.partial.json", rows)  # what is done survives an outer time limit
     default = rows["default"]["train_samples_per_second"]
     rows["ratio_to_default"] = {name: round(row["train_samples_per_second"] / default, 3)
                                 for name, row in rows.items() if isinstance(row, dict) and "train_samples_per_second" in row}
