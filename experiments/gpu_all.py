@@ -153,7 +153,11 @@ def probe_one(run: Run, overrides: list[str], run_dir: Path) -> dict:
 
 
 def section_probe(run: Run) -> dict:
-    results = {"minilm_lr_full": probe_one(run, run.encoder + run.common + ["+sweep=lr_full"], run.scratch / "probe_minilm")}
+    # lr_full's space with its batch choice topped at the throughput trial's batch: the probe's shape (the
+    # space's largest) is then exactly the throughput section's trial, whose real peak checks the margin.
+    batch = 8 if run.tiny else 32
+    space = ["+sweep=lr_full", f"sweep.search_space.trainer.batch_size.values=[{batch // 2},{batch}]"]
+    results = {"minilm_lr_full": probe_one(run, run.encoder + run.common + space, run.scratch / "probe_minilm")}
     why_not = run.can_4bit()
     if why_not:
         results["qwen_4bit"] = {"skipped": why_not}
@@ -187,6 +191,14 @@ def section_mfu(run: Run) -> dict:
 
 def section_throughput(run: Run) -> dict:
     result = bench_gpu.throughput(run.common, model=run.encoder)
+    probe = run.out / "probe.json"
+    if run.cuda and probe.exists() and json.loads(probe.read_text()).get("status") == "ok":
+        # The same shape as the probe (section probe): how far a whole trial's peak went past the probe's.
+        probed = json.loads(probe.read_text())["result"]["minilm_lr_full"]["probe"]
+        trial_peak = result["bf16"]["peak_gpu_memory_gib"] * 2**30
+        result["trial_peak_over_probe_peak"] = {"allocated": trial_peak / probed["peak_allocated_bytes"],
+                                                "vs_reserved": trial_peak / probed["peak_reserved_bytes"],
+                                                "probe_dtype": probed["dtype"], "margin": 0.2}
     print(f"throughput ratio (bf16 / fp32)={result['ratio']:.2f}")
     return result
 

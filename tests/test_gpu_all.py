@@ -27,9 +27,9 @@ def test_tiny_sections_write_their_json_and_a_failing_section_loses_nothing(tmp_
     mfu = json.loads((tmp_path / "mfu.json").read_text())["result"]
     assert mfu["bf16_fused"]["fused_adamw"] is True and mfu["bf16_foreach"]["fused_adamw"] is False
     assert mfu["fused_vs_foreach"] == pytest.approx(mfu["bf16_fused"]["samples_per_second"] / mfu["bf16_foreach"]["samples_per_second"])
-    # The probe ran the sweep's auto path: the largest batch of lr_full's space, a share for 4 concurrent trials.
+    # The probe ran the sweep's auto path: the largest batch of the space ([4, 8]), a share for 4 concurrent trials.
     probe = saved["sections"]["probe"]["result"]["minilm_lr_full"]
-    assert probe["shape"]["trainer.batch_size"] == 16 and probe["probe"]["shapes"][0] == [16, 32]
+    assert probe["shape"]["trainer.batch_size"] == 8 and probe["probe"]["shapes"] == [[8, 32]] * 3 + [[16, 32]]
     assert probe["gpus_per_trial"] == pytest.approx(1 / probe["trials_per_gpu"], abs=1e-4) and probe["max_concurrent"] == 4
     assert saved["sections"]["probe"]["result"]["qwen_4bit"] == {"skipped": "4-bit needs a CUDA GPU"}
 
