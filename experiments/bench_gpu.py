@@ -47,15 +47,19 @@ def peak_tflops(name: str) -> float | None:
     return None
 
 
-def mfu(sizes: dict, batch: int, seq_len: int, steps: int, dtype: torch.dtype, peak: float | None) -> dict:
+def mfu(sizes: dict, batch: int, seq_len: int, steps: int, dtype: torch.dtype, peak: float | None,
+        fused: bool | None = None) -> dict:
     """Time `steps` full training steps (forward, backward, AdamW) of a randomly initialised BERT of
-    these sizes on full-length inputs (no padding: every token is real work)."""
+    these sizes on full-length inputs (no padding: every token is real work). `fused`: AdamW's fused
+    kernel (True), its per-tensor foreach loop (False) or torch's default (None)."""
     from transformers import BertConfig, BertForSequenceClassification
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()  # this run's peak, not an earlier run's in the same process
     config = BertConfig(max_position_embeddings=max(512, seq_len), num_labels=5, **sizes)
     model = BertForSequenceClassification(config).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, **({} if fused is None else {"fused": fused, "foreach": not fused}))
     inputs = torch.randint(0, sizes["vocab_size"], (batch, seq_len), device=device)
     labels = torch.randint(0, 5, (batch,), device=device)
 
@@ -81,26 +85,29 @@ def mfu(sizes: dict, batch: int, seq_len: int, steps: int, dtype: torch.dtype, p
     return {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "dtype": str(dtype).split(".")[-1],
             "batch": batch, "seq_len": seq_len, "step_seconds": round(seconds, 6),
             "samples_per_second": round(batch / seconds, 1), "achieved_tflops": round(achieved, 2),
-            "peak_tflops": peak, "mfu": round(achieved / peak, 3) if peak else None}
+            "peak_tflops": peak, "mfu": round(achieved / peak, 3) if peak else None, "fused_adamw": fused,
+            "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None}
 
 
-def throughput(common: list[str]) -> dict:
+def throughput(common: list[str], model: list[str] = MINILM) -> dict:
     """The same medsweep trial in fp32 and in bf16 (autocast), in this process, one after the other."""
     gpu = [f"cluster.gpus_per_trial={1 if torch.cuda.is_available() else 0}"]
-    rows = {dtype: benchmark_trial.main(MINILM + common + gpu + [f"model.dtype={dtype}"]) for dtype in ("float32", "bfloat16")}
+    rows = {dtype: benchmark_trial.main(model + common + gpu + [f"model.dtype={dtype}"]) for dtype in ("float32", "bfloat16")}
     fp32, bf16 = rows["float32"]["train_samples_per_second"], rows["bfloat16"]["train_samples_per_second"]
     print(f"medsweep trial, MiniLM: fp32 {fp32:.1f} samples/s, bf16 {bf16:.1f} samples/s")
     return {"fp32": rows["float32"], "bf16": rows["bfloat16"], "ratio": bf16 / fp32}
 
 
-def sweep_samples(overrides: list[str]) -> tuple[int, float, int]:
-    """Training samples of all trials of a whole sweep, its wall time, and its number of trials."""
+def sweep_samples(overrides: list[str], keep_dir: Path | None = None) -> tuple[int, float, int]:
+    """Training samples of all trials of a whole sweep, its wall time, and its number of trials.
+    `keep_dir`: run the sweep there and keep it (gpu_probe.json, the leaderboard), else a temporary one."""
     import ray
 
     from medsweep.reporting.report import load_trials
     from medsweep.run import compose, execute
 
-    with tempfile.TemporaryDirectory() as run_dir:
+    with tempfile.TemporaryDirectory() as scratch:
+        run_dir = str(keep_dir or scratch)
         config = compose(overrides, run_dir)
         started = time.time()
         execute(config)
@@ -114,16 +121,23 @@ def sweep_samples(overrides: list[str]) -> tuple[int, float, int]:
     return trained, seconds, len(trials)
 
 
-def packing(common: list[str], per_gpu: int) -> dict:
-    base = MINILM + common + ["+sweep=lr_full", f"sweep.num_trials={per_gpu}", "sweep.scheduler=none",
-                              "promote.enabled=false", "tracker=none"]
+def packing(common: list[str], per_gpu: int, model: list[str] = MINILM, packed_share: str | None = None,
+            alone_share: str = "1", keep_dir: Path | None = None) -> dict:
+    """`per_gpu` trials side by side on one GPU (cluster.gpus_per_trial=`packed_share`, default 1/per_gpu;
+    "auto" lets the memory probe choose) vs the same trials one at a time on the whole GPU."""
+    base = model + common + ["+sweep=lr_full", f"sweep.num_trials={per_gpu}", "sweep.scheduler=none",
+                             "promote.enabled=false", "tracker=none"]
+    packed_dir = keep_dir / "packed" if keep_dir else None
     samples, seconds, n_packed = sweep_samples(base + [f"sweep.max_concurrent={per_gpu}",
-                                                       f"cluster.gpus_per_trial={1 / per_gpu}"])
+                                                       f"cluster.gpus_per_trial={packed_share or 1 / per_gpu}"], packed_dir)
     packed = samples / seconds  # aggregate: every trial's samples over the sweep's wall time
-    samples, seconds, n_alone = sweep_samples(base + ["sweep.max_concurrent=1", "cluster.gpus_per_trial=1"])
+    samples, seconds, n_alone = sweep_samples(base + ["sweep.max_concurrent=1", f"cluster.gpus_per_trial={alone_share}"])
     alone = samples / seconds
     print(f"{per_gpu} trials packed on one GPU: {packed:.1f} samples/s in all; one at a time: {alone:.1f} samples/s")
-    return {"packed": packed, "one_at_a_time": alone, "trials": [n_packed, n_alone], "ratio": packed / alone}
+    probe = packed_dir / "gpu_probe.json" if packed_dir else None
+    return {"packed": packed, "one_at_a_time": alone, "trials": [n_packed, n_alone], "ratio": packed / alone,
+            "packed_share": packed_share or 1 / per_gpu,
+            "gpu_probe": json.loads(probe.read_text()) if probe and probe.exists() else None}
 
 
 def main() -> None:

@@ -37,6 +37,9 @@ class ModelConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     # 4bit: QLoRA, a LoRA adapter on a frozen bitsandbytes NF4 base (CUDA only).
     quantization: str = "none"  # none | 4bit
+    # The attention kernel (transformers' attn_implementation): null leaves transformers' choice (SDPA
+    # for BERT, Llama, Qwen); eager / sdpa / flash_attention_2 to measure one against another on a GPU.
+    attn_implementation: Optional[str] = None
 
 
 @dataclass
@@ -106,6 +109,10 @@ class TrainerConfig:
     # trainer.seed: synonym replacement from a small built-in list, random swaps, random deletions.
     augment: str = "none"  # none | synonym | swap | delete
     augment_rate: float = 0.1
+    # torch.compile the model (TrainingArguments.torch_compile). Off: compiling costs tens of seconds
+    # per trial and recompiles for new lengths under dynamic padding; a GPU measurement decides
+    # (experiments/gpu_all.py).
+    torch_compile: bool = False
 
 
 @dataclass
@@ -133,7 +140,10 @@ class ClusterConfig:
     # CPUs for the embedded Ray (null: all cores).
     num_cpus: Optional[int] = None
     cpus_per_trial: float = 2.0
-    gpus_per_trial: float = 0.0
+    # A number (0.25: four trials share a GPU), or "auto": a short probe at the search space's largest
+    # batch x max_length measures peak GPU memory and picks the share (medsweep/search/resources.py).
+    # Any, not float, so that the string "auto" composes (OmegaConf 2.3 has no Union); validate() checks it.
+    gpus_per_trial: Any = 0.0
     # Where Ray keeps trial results and checkpoints (null: <run dir>/ray).
     storage_path: Optional[str] = None
     # Run the next trial in the worker process the last one left (same resources), instead of a fresh
@@ -235,9 +245,17 @@ CLASS_WEIGHTINGS = ("none", "balanced")
 AUGMENTATIONS = ("none", "synonym", "swap", "delete")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "4bit")
+ATTENTIONS = (None, "eager", "sdpa", "flash_attention_2")
 TRACKERS = ("none", "wandb", "mlflow")
 TRACKER_MODES = ("offline", "online", "disabled")
 SCHEDULERS = ("asha", "hyperband", "median", "fifo", "none")
+
+
+def gpu_share_ok(value) -> bool:
+    """cluster.gpus_per_trial: "auto" or a number >= 0 (not a bool, which YAML would also accept as a number)."""
+    if value == "auto":
+        return True
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
 
 
 def validate(config: dict) -> None:
@@ -246,6 +264,7 @@ def validate(config: dict) -> None:
     checks = [
         (m["finetune"] in FINETUNE_METHODS, f"model.finetune must be one of {FINETUNE_METHODS}, got {m['finetune']!r}"),
         (m["dtype"] in DTYPES, f"model.dtype must be one of {DTYPES}, got {m['dtype']!r}"),
+        (m["attn_implementation"] in ATTENTIONS, f"model.attn_implementation must be null or one of {ATTENTIONS[1:]}, got {m['attn_implementation']!r}"),
         (m["quantization"] in QUANTIZATIONS, f"model.quantization must be one of {QUANTIZATIONS}, got {m['quantization']!r}"),
         (m["quantization"] == "none" or m["finetune"] == "lora",
          "model.quantization=4bit trains a LoRA adapter on a frozen 4-bit base: set model.finetune=lora"),
@@ -292,7 +311,7 @@ def validate(config: dict) -> None:
         (t["seed"] not in p["seeds"], f"promote.seeds are extra seeds: they must not contain trainer.seed ({t['seed']}), which the sweep already ran"),
         (p["bootstrap_resamples"] >= 100, f"promote.bootstrap_resamples must be >= 100, got {p['bootstrap_resamples']}"),
         (c["cpus_per_trial"] > 0, f"cluster.cpus_per_trial must be > 0, got {c['cpus_per_trial']}"),
-        (c["gpus_per_trial"] >= 0, f"cluster.gpus_per_trial must be >= 0, got {c['gpus_per_trial']}"),
+        (gpu_share_ok(c["gpus_per_trial"]), f"cluster.gpus_per_trial must be a number >= 0 or auto, got {c['gpus_per_trial']!r}"),
         (tr["name"] in TRACKERS, f"tracker.name must be one of {TRACKERS}, got {tr['name']!r}"),
         (tr["mode"] in TRACKER_MODES, f"tracker.mode must be one of {TRACKER_MODES}, got {tr['mode']!r}"),
     ]

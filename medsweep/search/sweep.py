@@ -14,7 +14,7 @@ from pathlib import Path
 from medsweep import data
 from medsweep.config import ConfigError, validate
 from medsweep.evaluation.metrics import BINARY_METRIC_NAMES, METRIC_NAMES, PER_CLASS_F1, WORST_GROUP_METRIC_NAMES, metric_names
-from medsweep.search import study
+from medsweep.search import resources, study
 from medsweep.search.ranking import objectives
 from medsweep.search.space import apply_overrides, build_search_space, define_by_run, flatten, is_conditional, sweep_points
 from medsweep.training.model import check_available, check_lora_targets
@@ -283,6 +283,7 @@ def trainable_of(config: dict, function, **parameters):
 
     cluster = config["cluster"]
     init_ray(cluster)
+    resources.resolve_gpus_per_trial(config)  # "auto": measured once, before the first trial, then a number
     # Ray runs each trial in its own working directory: paths in the config a trial resolves itself
     # (the token cache under the run dir) must be absolute.
     config = dict(config, run_dir=str(Path(config["run_dir"]).resolve()))

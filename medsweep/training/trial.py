@@ -123,9 +123,9 @@ class SortedEvalTrainer(imbalance.WeightedLossTrainer):
         return SequentialSampler(eval_dataset)
 
 
-def training_arguments(trainer_cfg: dict, output_dir: str, dtype: torch.dtype, save: bool) -> TrainingArguments:
+def training_arguments(trainer_cfg: dict, output_dir: str, dtype: torch.dtype, save: bool,
+                       cpus_per_trial: float = 1) -> TrainingArguments:
     eval_every = trainer_cfg["eval_every_steps"]
-    cuda = torch.cuda.is_available()
     strategy = "steps" if eval_every else "epoch"
     return TrainingArguments(
         output_dir=output_dir,
@@ -149,13 +149,8 @@ def training_arguments(trainer_cfg: dict, output_dir: str, dtype: torch.dtype, s
         report_to="none",
         seed=trainer_cfg["seed"],
         train_sampling_strategy="group_by_length" if trainer_cfg["group_by_length"] else "random",
-        # Autocast to model.dtype; the weights being trained are float32 (see model.build_model).
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
-        # TF32 matmuls on Ampere+ are ~free accuracy-wise for fine-tuning and several times faster.
-        tf32=True if cuda and torch.cuda.get_device_capability()[0] >= 8 else None,
-        use_cpu=not cuda,
-        dataloader_num_workers=0,
+        # Autocast, TF32, fused AdamW, data loader workers: per device, in precision.training_kwargs.
+        **precision.training_kwargs(dtype, trainer_cfg, cpus_per_trial),
         disable_tqdm=True,
     )
 
@@ -225,7 +220,7 @@ def fit(config: dict, trainer_cfg: dict, prepared: TrialData, reporter: Evaluati
             net = build_model(config["model"], label_names)
             trainer = SortedEvalTrainer(
                 model=net,
-                args=training_arguments(trainer_cfg, output_dir, dtype, save=save),
+                args=training_arguments(trainer_cfg, output_dir, dtype, save=save, cpus_per_trial=config["cluster"]["cpus_per_trial"]),
                 train_dataset=prepared.train_set,
                 eval_dataset=prepared.val_set,
                 data_collator=DataCollatorWithPadding(prepared.tokenizer),
