@@ -128,6 +128,7 @@ def test_a_hostile_folder_is_refused_and_nothing_of_it_runs(kind, tiny_model, tm
     assert not marker.exists(), "the folder's own code ran"
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch: 5-15 s; predict.main's exit 2 is in the default suite
 def test_predict_cli_refuses_pickle_only_weights_in_one_line(tiny_model, tmp_path):
     folder, marker = hostile("pickle_only_weights", tiny_model, tmp_path)
     source = tmp_path / "in.csv"
