@@ -128,24 +128,21 @@ def check_model_folder(folder: str | Path, *, weights: bool = True, trust_remote
 
     folder = Path(folder)
     config_file, tokenizer_file = folder / "config.json", folder / "tokenizer_config.json"
-    if config_file.exists():
-        config = read_json_mapping(config_file)
-        if "auto_map" in config and not trust_remote_code:
-            raise ConfigError(f"{config_file} asks for the folder's own Python code (auto_map); medsweep never runs "
-                              f"code from a model folder (set model.trust_remote_code=true yourself to allow it)")
-        model_type = config.get("model_type")
-        if not trust_remote_code and (not isinstance(model_type, str) or model_type not in CONFIG_MAPPING):
+    read = {path: read_json_mapping(path) for path in (config_file, tokenizer_file) if path.exists()}
+    if trust_remote_code:
+        read = {}  # the user allowed the model's own code: its class names are not checked either
+    for path, fields in read.items():
+        if "auto_map" in fields:
+            raise ConfigError(f"{path} asks for the folder's own Python code (auto_map); medsweep never runs code "
+                              f"from a model folder (set model.trust_remote_code=true yourself to allow it)")
+    if config_file in read:
+        model_type = read[config_file].get("model_type")
+        if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
             raise ConfigError(f"{config_file}: model_type {str(model_type)[:60]!r} is not one transformers knows")
-    if tokenizer_file.exists():
-        tokenizer = read_json_mapping(tokenizer_file)
-        if "auto_map" in tokenizer and not trust_remote_code:
-            raise ConfigError(f"{tokenizer_file} asks for the folder's own tokenizer code (auto_map); medsweep never "
-                              f"runs code from a model folder")
-        name = tokenizer.get("tokenizer_class")
-        known = getattr(transformers, name, None) if isinstance(name, str) and name.isidentifier() else None
-        if name is not None and not trust_remote_code and not (
-                isinstance(known, type) and issubclass(known, PreTrainedTokenizerBase)):
-            raise ConfigError(f"{tokenizer_file}: tokenizer_class {str(name)[:60]!r} is not a transformers tokenizer")
+    name = read.get(tokenizer_file, {}).get("tokenizer_class")
+    known = getattr(transformers, name, None) if isinstance(name, str) and name.isidentifier() else None
+    if name is not None and not (isinstance(known, type) and issubclass(known, PreTrainedTokenizerBase)):
+        raise ConfigError(f"{tokenizer_file}: tokenizer_class {str(name)[:60]!r} is not a transformers tokenizer")
     if weights:
         files = [p for p in folder.iterdir() if p.is_file()]
         if not any(p.name.endswith(SAFE_WEIGHTS) for p in files):

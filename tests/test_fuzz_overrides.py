@@ -52,7 +52,7 @@ def default_splits():
     return data.load_splits(compose_config()["data"])
 
 
-@settings(max_examples=30, deadline=None, derandomize=True,
+@settings(max_examples=20, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(overrides=OVERRIDES)
 def test_random_overrides_are_checked_or_one_line(overrides, default_splits, tmp_path, monkeypatch):

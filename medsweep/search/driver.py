@@ -96,7 +96,8 @@ class Stop:
 
     def restore(self) -> None:
         tune_handles_sigint = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") in ("", "0")
-        self.handed_back = tune_handles_sigint and signal.getsignal(signal.SIGINT) == self._on_sigint  # bound methods: equal, never identical
+        # ==, not `is`: a bound method is a new object on every attribute access.
+        self.handed_back = tune_handles_sigint and signal.getsignal(signal.SIGINT) == self._on_sigint
         signal.signal(signal.SIGTERM, self.previous)
         signal.signal(signal.SIGINT, self.previous_sigint)
 

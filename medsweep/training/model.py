@@ -7,7 +7,6 @@ it computes in, medsweep.training.precision's; the promoted folder, medsweep.rel
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -161,7 +160,7 @@ TRIAL_FIELDS = {"metrics": dict, "config": dict, "label_names": list, "data_fing
 def read_checkpoint_info(directory: Path) -> dict:
     """trial.json, fields type-checked, and the checkpoint's weights checked against the sha256
     recorded when it was saved: a truncated or corrupted checkpoint is a one-line ConfigError."""
-    from medsweep.hf import DIGEST_FIELD, read_json_mapping, check_weight_digests
+    from medsweep.hf import DIGEST_FIELD, check_weight_digests, read_json_mapping
 
     path = Path(directory) / TRIAL_FILE
     if not path.exists():

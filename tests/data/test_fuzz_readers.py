@@ -16,7 +16,7 @@ from medsweep.config import ConfigError
 from tests.conftest import compose_config
 
 CFG = compose_config(["data=csv"])["data"]
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=25, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 OUTCOMES = {"loaded": 0, "refused": 0}
 

@@ -69,32 +69,24 @@ def hostile(kind: str, tiny_model: Path, base: Path) -> tuple[Path, Path]:
         (folder / "model.safetensors").unlink()
         with open(folder / "pytorch_model.bin", "wb") as f:
             pickle.dump(Planted(f"open({str(marker)!r}, 'w').write('ran')"), f)
-    elif kind == "base_asks_for_remote_code":
-        # The adapter layout: a base reference naming a remote-code base and asking to trust it.
+    elif kind in ("base_asks_for_remote_code", "base_is_remote_code"):
+        # The adapter layout: a base reference naming a remote-code base folder, asking to trust it
+        # (a field no base reference may carry) or not (the base folder itself would run code).
         remote_base = base / f"{kind}-base"
         shutil.copytree(tiny_model, remote_base)
         (remote_base / "evil.py").write_text(PAYLOAD.format(marker=str(marker)))
         edit_json(remote_base / "config.json", auto_map={"AutoModelForSequenceClassification": "evil.EvilModel"})
         (folder / "config.json").unlink()
         (folder / "model.safetensors").unlink()
+        asks = {"trust_remote_code": True} if kind == "base_asks_for_remote_code" else {}
         (folder / layout.BASE_MODEL_FILE).write_text(json.dumps({
             "name_or_path": str(remote_base), "revision": None, "quantization": "none", "dtype": "float32",
-            "bitsandbytes": None, "label_names": ["a", "b"], "trust_remote_code": True}))
-    elif kind == "base_is_remote_code":
-        # The same, without asking: the base folder itself would run code.
-        remote_base = base / f"{kind}-base"
-        shutil.copytree(tiny_model, remote_base)
-        (remote_base / "evil.py").write_text(PAYLOAD.format(marker=str(marker)))
-        edit_json(remote_base / "config.json", auto_map={"AutoModelForSequenceClassification": "evil.EvilModel"})
-        (folder / "config.json").unlink()
-        (folder / "model.safetensors").unlink()
-        (folder / layout.BASE_MODEL_FILE).write_text(json.dumps({
-            "name_or_path": str(remote_base), "revision": None, "quantization": "none", "dtype": "float32",
-            "bitsandbytes": None, "label_names": ["a", "b"]}))
-        (folder / layout.ADAPTER_DIR).mkdir()
-        (folder / layout.ADAPTER_DIR / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA",
-                                                                                     "task_type": "SEQ_CLS"}))
-        (folder / layout.ADAPTER_DIR / "adapter_model.safetensors").write_bytes(b"")
+            "bitsandbytes": None, "label_names": ["a", "b"], **asks}))
+        if not asks:
+            (folder / layout.ADAPTER_DIR).mkdir()
+            (folder / layout.ADAPTER_DIR / "adapter_config.json").write_text(
+                json.dumps({"peft_type": "LORA", "task_type": "SEQ_CLS"}))
+            (folder / layout.ADAPTER_DIR / "adapter_model.safetensors").write_bytes(b"")
     return folder, marker
 
 
@@ -128,6 +120,7 @@ def test_a_hostile_folder_is_refused_and_nothing_of_it_runs(kind, tiny_model, tm
     assert not marker.exists(), "the folder's own code ran"
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch: 5-15 s; predict.main's exit 2 is in the default suite
 def test_predict_cli_refuses_pickle_only_weights_in_one_line(tiny_model, tmp_path):
     folder, marker = hostile("pickle_only_weights", tiny_model, tmp_path)
     source = tmp_path / "in.csv"
