@@ -46,7 +46,7 @@ def test_an_unknown_section_is_refused(tmp_path, capsys):
     assert info.value.code == 2 and "unknown section(s) ['speed']" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # every section on tiny models, two Ray sweeps and a server: ~3-5 min on 2 cores
+@pytest.mark.slow  # every section on tiny models, three Ray sweeps and a server: ~5-10 min on 2 shared cores
 def test_every_section_runs_on_tiny_models(tmp_path, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     summary = gpu_all.main(["--tiny", "--out", str(tmp_path)])

@@ -151,6 +151,8 @@ def measure_peak_memory(config: dict, steps: int = 3, memory=None, device: Optio
         if config["model"]["quantization"] == "none":
             model = model.to(device)  # a 4-bit base is already on its GPU and cannot be moved
         model.train()
+        # Ids the embedding has rows for (a tokenizer may know fewer tokens than the model, never more here).
+        vocab = min(vocab, model.get_input_embeddings().num_embeddings)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=1e-5, fused=device == "cuda")
         generator = torch.Generator().manual_seed(0)
