@@ -160,6 +160,11 @@ def comparison_lines(result: dict) -> list[str]:
     return lines
 
 
+def short_name(path: str) -> str:
+    """The last two parts of a run's path (`runs/x/promoted` -> `x/promoted`), for a plot title."""
+    return "/".join(Path(path).parts[-2:])
+
+
 def plot(results: list[dict], out: Path) -> Path:
     """One panel per comparison: each metric's B - A with its interval; filled where significant."""
     import matplotlib
@@ -179,8 +184,8 @@ def plot(results: list[dict], out: Path) -> Path:
             ax.plot(row["difference"], yi, "o", color=color, mfc=color if row["significant"] else "white")
         ax.axvline(0, color="black", lw=0.8)
         ax.set_yticks(y, names)
-        ax.set_xlabel("B - A (95% paired bootstrap CI)")
-        ax.set_title(f"B={Path(result['b']).name} vs A={Path(result['a']).name}", fontsize=9)
+        ax.set_xlabel("B - A, 95% paired bootstrap CI\n(filled: significant; green: B better, red: A better)")
+        ax.set_title(f"B={short_name(result['b'])} vs A={short_name(result['a'])}", fontsize=9)
     fig.tight_layout()
     path = out / "compare.png"
     fig.savefig(path, dpi=120)

@@ -47,14 +47,14 @@ def start_board():
     return ray.remote(num_cpus=0)(ProgressBoard).options(name=ACTOR_NAME, get_if_exists=True).remote()
 
 
-def read_board(board, timeout_s: float = 2.0) -> dict[str, dict]:
-    """The board's snapshot, or {} if the actor does not answer in time (the console must not hang)."""
+def read_board(board, timeout_s: float = 2.0) -> dict[str, dict] | None:
+    """The board's snapshot, or None if the actor does not answer in time (the console must not hang)."""
     import ray
 
     try:
         return ray.get(board.snapshot.remote(), timeout=timeout_s)
     except Exception:  # noqa: BLE001  progress is a nicety; a slow or dead board costs only the column
-        return {}
+        return None
 
 
 class StepProgress(TrainerCallback):

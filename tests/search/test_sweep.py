@@ -50,10 +50,12 @@ def test_the_console_shows_each_trial_with_its_parameters_and_metric(smoke_run):
     # The last table of the sweep: a header line, then one row per trial with its sampled values.
     last = proc.stdout.rsplit("[medsweep] 0:", 1)[-1].splitlines()
     assert "trials 2/2 (2 terminated)" in last[0] and "current best val_f1_macro=" in last[0]
-    assert last[1].split() == ["trial", "status", "learning_rate", "warmup_ratio", "val_f1_macro", "evals", "step"]
+    assert last[1].split() == ["trial", "status", "steps", "learning_rate", "warmup_ratio", "val_f1_macro", "evals",
+                               "step"]
     for line in last[2:4]:
-        trial, status, lr, *_ = line.split()
+        trial, status, steps, lr, *_ = line.split()
         assert status == "TERMINATED" and float(lr) == pytest.approx(float(rows[trial]["trainer.learning_rate"]), rel=1e-3)
+        assert steps == "150/150"  # the progress board's last word: every optimizer step of the smoke trial
 
 
 def test_promoted_model_is_the_best_evaluation_over_all_trials(smoke_run):
