@@ -247,6 +247,7 @@ def create_app(promoted, token: Optional[str], max_request_bytes: int = 1_000_00
     # no /docs page: Swagger UI loads its scripts from a CDN, which a clinical deployment should not.
     app = FastAPI(title="medsweep model", version=promoted.version or "unversioned", docs_url=None, redoc_url=None,
                   openapi_url=None, lifespan=lifespan)
+    app.state.served, app.state.batcher = served, batcher  # for tests and operators' debugging
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
