@@ -242,7 +242,8 @@ def create_app(promoted, token: Optional[str], max_request_bytes: int = 1_000_00
                 loop.remove_signal_handler(signal.SIGHUP)
             await batcher.stop()
 
-    errors = {401: {"model": Error}, 413: {"model": Error}, 422: {"model": Error}}
+    # 400: a body that is not JSON text at all (FastAPI's own one-line answer).
+    errors = {400: {"model": Error}, 401: {"model": Error}, 413: {"model": Error}, 422: {"model": Error}}
     # The schema is served only to whoever holds the token (it names the routes and limits); there is
     # no /docs page: Swagger UI loads its scripts from a CDN, which a clinical deployment should not.
     app = FastAPI(title="medsweep model", version=promoted.version or "unversioned", docs_url=None, redoc_url=None,

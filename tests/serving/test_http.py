@@ -201,20 +201,29 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(checkpoints,
         # rejections has only 400/422-style codes.
         rejection = schema.config.checks.negative_data_rejection
         rejection.expected_statuses = [*rejection.expected_statuses, "413"]
-        cases = st.one_of(schema.as_strategy(GenerationMode.POSITIVE), schema.as_strategy(GenerationMode.NEGATIVE))
         seen = []
-        stop_at = time.time() + 10
 
-        @settings(max_examples=100, deadline=None, database=None, derandomize=True,
-                  phases=[Phase.generate], suppress_health_check=list(HealthCheck))
-        @given(case=cases)
-        def fuzz(case):
-            if time.time() > stop_at:  # bounded in time as well as in examples
-                return
-            response = case.call_and_validate(base_url=url, headers=AUTH, timeout=30)
-            seen.append((case.method, case.path, response.status_code))
+        def fuzz(strategy, examples: int, seconds: float) -> None:
+            stop_at = time.time() + seconds  # bounded in time as well as in examples
 
-        fuzz()
+            @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+                      phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+            @given(case=strategy)
+            def run(case):
+                if time.time() < stop_at:
+                    response = case.call_and_validate(base_url=url, headers=AUTH, timeout=30)
+                    seen.append((case.method, case.path, response.status_code))
+
+            run()
+
+        # Most of the time on /predict, valid and invalid bodies; a few reloads (each loads the model).
+        predict = schema["/predict"]["POST"]
+        fuzz(predict.as_strategy(GenerationMode.POSITIVE), 50, 4)
+        fuzz(predict.as_strategy(GenerationMode.NEGATIVE), 50, 4)
+        for path, method in [("/reload", "POST"), ("/health", "GET")]:
+            operation = schema[path][method]
+            fuzz(st.one_of(operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE)),
+                 6, 1)
     statuses = {status for _, _, status in seen}
     assert len(seen) >= 10, seen
     assert not [s for s in statuses if s >= 500], seen
