@@ -1,7 +1,7 @@
 """Serve a promoted model over HTTP:
 
     MEDSWEEP_API_TOKEN=<secret> python -m medsweep.serve model=<promoted dir> [host=127.0.0.1] [port=8000]
-        [max_request_bytes=1000000] [max_batch=64] [allow_no_auth=false]
+        [max_request_bytes=1000000] [max_batch=64] [allow_no_auth=false] [batch_texts=64] [batch_wait_ms=0]
 
 GET /health (no token): {"status": "ok", "version", "labels"} of the model being served.
 POST /predict with `Authorization: Bearer <token>` and {"texts": [...], "text_pairs": [...]?}:
