@@ -1,7 +1,7 @@
 """Serve a promoted model over HTTP:
 
     MEDSWEEP_API_TOKEN=<secret> python -m medsweep.serve model=<promoted dir> [host=127.0.0.1] [port=8000]
-        [max_request_bytes=1000000] [max_batch=64] [allow_no_auth=false]
+        [max_request_bytes=1000000] [max_batch=64] [allow_no_auth=false] [batch_texts=64] [batch_wait_ms=0]
 
 GET /health (no token): {"status": "ok", "version", "labels"} of the model being served.
 POST /predict with `Authorization: Bearer <token>` and {"texts": [...], "text_pairs": [...]?}:
@@ -242,11 +242,13 @@ def create_app(promoted, token: Optional[str], max_request_bytes: int = 1_000_00
                 loop.remove_signal_handler(signal.SIGHUP)
             await batcher.stop()
 
-    errors = {401: {"model": Error}, 413: {"model": Error}, 422: {"model": Error}}
+    # 400: a body that is not JSON text at all (FastAPI's own one-line answer).
+    errors = {400: {"model": Error}, 401: {"model": Error}, 413: {"model": Error}, 422: {"model": Error}}
     # The schema is served only to whoever holds the token (it names the routes and limits); there is
     # no /docs page: Swagger UI loads its scripts from a CDN, which a clinical deployment should not.
     app = FastAPI(title="medsweep model", version=promoted.version or "unversioned", docs_url=None, redoc_url=None,
                   openapi_url=None, lifespan=lifespan)
+    app.state.served, app.state.batcher = served, batcher  # for tests and operators' debugging
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):

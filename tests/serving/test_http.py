@@ -201,22 +201,71 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(checkpoints,
         # rejections has only 400/422-style codes.
         rejection = schema.config.checks.negative_data_rejection
         rejection.expected_statuses = [*rejection.expected_statuses, "413"]
-        cases = st.one_of(schema.as_strategy(GenerationMode.POSITIVE), schema.as_strategy(GenerationMode.NEGATIVE))
         seen = []
-        stop_at = time.time() + 10
 
-        @settings(max_examples=100, deadline=None, database=None, derandomize=True,
-                  phases=[Phase.generate], suppress_health_check=list(HealthCheck))
-        @given(case=cases)
-        def fuzz(case):
-            if time.time() > stop_at:  # bounded in time as well as in examples
-                return
-            response = case.call_and_validate(base_url=url, headers=AUTH, timeout=30)
-            seen.append((case.method, case.path, response.status_code))
+        def fuzz(strategy, examples: int, seconds: float) -> None:
+            stop_at = time.time() + seconds  # bounded in time as well as in examples
 
-        fuzz()
+            @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+                      phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+            @given(case=strategy)
+            def run(case):
+                if time.time() < stop_at:
+                    response = case.call_and_validate(base_url=url, headers=AUTH, timeout=30)
+                    seen.append((case.method, case.path, response.status_code))
+
+            run()
+
+        # Most of the time on /predict, valid and invalid bodies; a few reloads (each loads the model).
+        predict = schema["/predict"]["POST"]
+        fuzz(predict.as_strategy(GenerationMode.POSITIVE), 50, 4)
+        fuzz(predict.as_strategy(GenerationMode.NEGATIVE), 50, 4)
+        for path, method in [("/reload", "POST"), ("/health", "GET")]:
+            operation = schema[path][method]
+            fuzz(st.one_of(operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE)),
+                 6, 1)
     statuses = {status for _, _, status in seen}
     assert len(seen) >= 10, seen
     assert not [s for s in statuses if s >= 500], seen
     assert {"/predict", "/reload", "/health"} <= {path for _, path, _ in seen}
     assert 200 in statuses and 422 in statuses  # valid and invalid bodies were both sent
+
+
+def test_concurrent_requests_share_forward_passes_and_get_their_own_answers(checkpoints, run_dir, monkeypatch):
+    _, link = run_dir
+    model = load_promoted(link)
+    expected = model.predict(TEXTS)
+    calls, release = [], threading.Event()
+    real_predict = PromotedModel.predict
+
+    def counted(self, texts, pairs=None):
+        calls.append(len(texts))
+        assert release.wait(60)  # the first forward pass is held until every request has arrived
+        return real_predict(self, texts, pairs)
+
+    monkeypatch.setattr(PromotedModel, "predict", counted)
+    answers = {}
+
+    def ask(i):
+        answers[i] = httpx.post(f"{url}/predict", json={"texts": [TEXTS[i % len(TEXTS)]]}, headers=AUTH, timeout=90)
+
+    for batch_texts, most_passes in [(64, 2), (1, 12)]:  # batched; one request per forward pass
+        calls.clear()
+        release.clear()
+        answers.clear()
+        app = serve.create_app(model, TOKEN, batch_texts=batch_texts)
+        with serving(app) as url:
+            threads = [threading.Thread(target=ask, args=(i,)) for i in range(12)]
+            for t in threads:
+                t.start()
+            deadline = time.time() + 60
+            # Held until all twelve are in: one in the forward pass, the rest queued behind it.
+            while not calls or sum(calls) + app.app.state.batcher.queue.qsize() < 12:
+                assert time.time() < deadline, (calls, app.app.state.batcher.queue.qsize())
+                time.sleep(0.02)
+            release.set()
+            for t in threads:
+                t.join(60)
+        assert len(calls) <= most_passes and sum(calls) == 12, calls
+        for i, answer in answers.items():  # each request gets the probabilities of its own text
+            np.testing.assert_allclose(probabilities(answer, model.label_names), expected[[i % len(TEXTS)]], atol=1e-6)
