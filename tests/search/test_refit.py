@@ -138,6 +138,7 @@ def test_a_space_that_can_only_do_worse_promotes_the_base_configuration(tmp_path
         assert (row["model.lora.r"] == "") == (row["model.finetune"] == "full")
 
 
+@pytest.mark.slow  # two rounds of real trials and a promotion: `make test-slow`
 def test_a_best_trial_at_the_range_edge_is_reported_and_the_follow_up_round_moves_the_range(tmp_path, abstracts, ray_local):
     from medsweep.run import promote
 
