@@ -40,6 +40,8 @@ def run(run_dir: Path, trials: int, seed: int, warm_from: Path | None = None):
     extra = [f"sweep.num_trials={trials}", f"sweep.seed={seed}"] + ([f"sweep.warm_start=[{warm_from}]"] if warm_from else [])
     config = compose(OVERRIDES + extra, run_dir=run_dir)
     space, splits = sweep.preflight(config)
+    # What the CLI writes before the sweep: a warm start checks the earlier run's split fingerprints in it.
+    sweep.write_json(run_dir / "data_summary.json", splits.summary)
     started = time.time()
     results = sweep.run_sweep(config, space, num_train=len(splits.train))
     elapsed = time.time() - started
