@@ -10,6 +10,7 @@ leaderboard/report step split the rest.
 
     python experiments/bench_overhead.py --quick    # ~5 min on 2 cores
     python experiments/bench_overhead.py            # ~10 min
+    python experiments/bench_overhead.py --quick --repeats 3   # sides alternated, medians (~12 min)
 
 The last line is `ratio=X.XX` (medsweep wall time over bare Trainer wall time; goal <= 1.08).
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shutil
+import statistics
 import tempfile
 import time
 from contextlib import contextmanager
@@ -110,24 +112,43 @@ def through_medsweep(config: dict) -> tuple[float, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="300 samples x 1 epoch instead of 600 x 2")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds of the three sides, each round in a rotated order (load drift on a shared "
+                             "machine then hits every side); medians are printed")
     args = parser.parse_args()
     quiet_libraries()
     samples, epochs = (300, 1) if args.quick else (600, 2)
-    with tempfile.TemporaryDirectory() as run_dir:
-        config = make_config(run_dir, samples, epochs)
-        bare = bare_trainer(config)
-        trial = trial_without_ray(config)
-        ours, parts = through_medsweep(config)
+    times: dict[str, list[float]] = {"bare": [], "trial": [], "ours": []}
+    parts_seen: list[dict] = []
+    sides = list(times)
+    for round_ in range(args.repeats):
+        for side in sides[round_ % 3:] + sides[:round_ % 3]:
+            # A fresh run dir per side: medsweep would resume a sweep it finds in the same one.
+            with tempfile.TemporaryDirectory() as run_dir:
+                config = make_config(run_dir, samples, epochs)
+                if side == "bare":
+                    times[side].append(bare_trainer(config))
+                elif side == "trial":
+                    times[side].append(trial_without_ray(config))
+                else:
+                    seconds, parts = through_medsweep(config)
+                    times[side].append(seconds)
+                    parts_seen.append(parts)
+            print(f"round {round_ + 1}: {side:5s} {times[side][-1]:7.1f} s", flush=True)
+    bare, trial, ours = (statistics.median(times[side]) for side in sides)
+    parts = {name: statistics.median(p.get(name, 0.0) for p in parts_seen) for name in ("preflight", "init_ray", "publish")}
     ray_rest = ours - trial - sum(parts.values())
-    print(f"one MiniLM trial, {samples} samples x {epochs} epoch(s), full fine-tune, 2 CPU threads")
+    print(f"one MiniLM trial, {samples} samples x {epochs} epoch(s), full fine-tune, 2 CPU threads, median of {args.repeats}")
     print(f"bare Trainer                  {bare:7.1f} s")
     print(f"medsweep trial, no Ray        {trial:7.1f} s   {trial - bare:+6.1f} s  (checkpoint per evaluation, "
           "sorted evaluation, per-trial data load)")
     print(f"medsweep (Ray)                {ours:7.1f} s   {ours - bare:+6.1f} s  in all, of which:")
-    print(f"  preflight (data + config)   {parts.get('preflight', 0.0):7.1f} s")
-    print(f"  ray.init (local cluster)    {parts.get('init_ray', 0.0):7.1f} s")
-    print(f"  leaderboard + report        {parts.get('publish', 0.0):7.1f} s")
+    print(f"  preflight (data + config)   {parts['preflight']:7.1f} s")
+    print(f"  ray.init (local cluster)    {parts['init_ray']:7.1f} s")
+    print(f"  leaderboard + report        {parts['publish']:7.1f} s")
     print(f"  Tune: actor start, reports  {ray_rest:7.1f} s  (the rest, over the no-Ray trial)")
+    ratios = [o / b for o, b in zip(times["ours"], times["bare"])]
+    print(f"per-round ratios {', '.join(f'{r:.2f}' for r in ratios)}")
     print(f"ratio={ours / bare:.2f}")
 
 
