@@ -67,7 +67,7 @@ def test_console_shows_steps_and_eta_of_a_running_trial_before_its_first_evaluat
     assert header[:3] == ["trial", "status", "steps"]
     # A report while the trial ran, before its first evaluation: steps k/60 with 0 < k < 60, no evals yet.
     running = [(block[0], row) for block in tables for row in block[2:] if " RUNNING " in row]
-    mid = [(head, row) for head, row in running if (m := re.search(r" (\d+)/60 ", row)) and 0 < int(m.group(1)) < 60]
+    mid = [(head, row) for head, row in running if (m := re.search(r" (\d+)/60\b", row)) and 0 < int(m.group(1)) < 60]
     assert mid, out[-3000:]
     assert any(re.search(r"ETA \d+:\d\d:\d\d", head) for head, _ in mid), out[-3000:]
     # The last report: the finished trial with every step.
