@@ -42,6 +42,9 @@ def ray_local(monkeypatch):
     ray.shutdown()
 
 
+# ~25 s idle, 45-100 s under load (Ray start, a worker, a trial); the default suite checks the same channel
+# end to end on the shared smoke sweep (tests/search/test_sweep.py: every trial ends at 150/150 steps).
+@pytest.mark.slow
 def test_console_shows_steps_and_eta_of_a_running_trial_before_its_first_evaluation(tmp_path, ray_local, monkeypatch):
     # One real trial of 60 optimizer steps and a single evaluation, at its end.
     config = compose_config(TINY + ["trainer.epochs=1", "data.max_train_samples=960", "cluster.num_cpus=1"],
