@@ -136,7 +136,9 @@ class SweepConsole(ProgressReporter):
             params = flatten_values(trial.config or {})
             result = trial.last_result or {}
             entry = self.progress.get(trial.trial_id)
-            steps = [f"{entry['step']}/{entry['total']}" if entry else ""] if self.board is not None else []
+            # The board's count lags the last evaluation by at most PROGRESS_EVERY_S: never show fewer steps.
+            done = max(entry["step"], int(result.get("step") or 0)) if entry else 0
+            steps = [f"{done}/{entry['total']}" if entry else ""] if self.board is not None else []
             rows.append([trial.trial_id, trial.status, *steps, *(short(params.get(name)) for name in self.parameters),
                          *(short(result.get(key)) for key in self.metrics)])
         lines = text_table(header, rows)

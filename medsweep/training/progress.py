@@ -64,10 +64,10 @@ class StepProgress(TrainerCallback):
         self.trial_id, self.board, self.every_s = trial_id, board, every_s
         self.last = 0.0
 
-    def _send(self, state) -> None:
+    def _send(self, state):
         self.last = time.time()
         # Fire and forget: the training loop never waits for the driver.
-        self.board.update.remote(self.trial_id, int(state.global_step), int(state.max_steps), self.last)
+        return self.board.update.remote(self.trial_id, int(state.global_step), int(state.max_steps), self.last)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._send(state)
@@ -77,7 +77,11 @@ class StepProgress(TrainerCallback):
             self._send(state)
 
     def on_train_end(self, args, state, control, **kwargs):
-        self._send(state)
+        import ray
+
+        # Once per trial, wait (briefly) for the last count to land, so the board has it before Tune
+        # sees the trial finish and the console prints its final table.
+        ray.wait([self._send(state)], timeout=5)  # a slow board costs only the final count
 
 
 def callbacks() -> list:
