@@ -12,8 +12,12 @@ Also measured: rejections (401 no token, 413 too many texts, 422 empty text) sen
 while 32 clients load the batched server, against the same with the server idle; and the batched
 server's resident memory before and after `--soak` requests (32 clients).
 
-    flock /tmp/medsweep-bench.lock python experiments/bench_serve.py --quick   # ~2 min
-    flock /tmp/medsweep-bench.lock python experiments/bench_serve.py           # ~8 min on 2 cores
+    flock /tmp/medsweep-bench.lock python experiments/bench_serve.py --quick   # ~2-4 min
+    flock /tmp/medsweep-bench.lock python experiments/bench_serve.py --seconds 6 --repeats 2 --soak-seconds 60
+        # ~7 min on a busy 2-core machine: the run quoted in the notes (ratio=6.90)
+    python experiments/bench_serve.py --soak 10000 --soak-seconds 1200   # the full 10,000-request soak
+
+The soak stops at --soak requests or --soak-seconds, whichever comes first, and prints how many it ran.
 
 Prints a table of requests/s and p50/p99 latency (median over repeats, with the spread) and, last,
 `ratio=X.XX`: batched requests/s over one-at-a-time requests/s at 32 clients (goal >= 3).
