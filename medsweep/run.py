@@ -23,6 +23,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from medsweep.config import ConfigError, MedsweepConfig
 from medsweep.search import driver
+from medsweep.search.ranking import NoUsableTrial
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("medsweep")
@@ -143,6 +144,12 @@ def main(cfg: DictConfig) -> None:
             raise
         print(f"medsweep: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except NoUsableTrial as exc:
+        # Every trial failed: the reasons are in leaderboard.csv; the previous promoted model is untouched.
+        if SHOW_TRACEBACK:
+            raise
+        print(f"medsweep: error: {exc} (see {Path(config['run_dir']) / 'leaderboard.csv'})", file=sys.stderr)
+        sys.exit(1)
     except driver.Interrupted as exc:
         print(f"[medsweep] {exc}", file=sys.stderr, flush=True)
         sys.exit(exc.exit_code)

@@ -135,3 +135,24 @@ def test_hub_model_offline_fails_fast_with_a_clear_message(tmp_path):
     assert "dmis-lab/biobert-v1.1" in proc.stderr and "cannot be reached" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert time.time() - started < 60
+
+
+def test_a_sweep_whose_every_trial_failed_ends_in_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    # What ranking raises when no trial kept a checkpoint (every trial errored): the CLI says so in one
+    # line naming the leaderboard, exit 1 (a failed run, not a config mistake), and no traceback.
+    import sys
+
+    from medsweep import run
+    from medsweep.search.ranking import NoUsableTrial
+
+    def every_trial_failed(config, on_checked=None):
+        raise NoUsableTrial("no trial kept a checkpoint with val_f1_macro: ['CUDA out of memory']")
+
+    monkeypatch.setattr(run, "execute", every_trial_failed)
+    monkeypatch.setattr(sys, "argv", ["medsweep.run", "+sweep=smoke", f"hydra.run.dir={tmp_path / 'run'}"])
+    with pytest.raises(SystemExit) as stopped:
+        run.cli()
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("medsweep: error: no trial kept a checkpoint") and "leaderboard.csv" in err
+    assert len(err.splitlines()) == 1

@@ -149,6 +149,10 @@ def kept_run(result, config: dict, origin: str) -> Run | None:
     return Run(seed=int(seed), scores=dict(best[1]), checkpoint=best[0], path=str(result.path), origin=origin)
 
 
+class NoUsableTrial(RuntimeError):
+    """Every trial failed or none reported the sweep's metric with a checkpoint: nothing to promote."""
+
+
 def sweep_candidates(results, config: dict) -> list[Candidate]:
     candidates = []
     for result in results:
@@ -159,7 +163,7 @@ def sweep_candidates(results, config: dict) -> list[Candidate]:
         candidates.append(Candidate(trial_id=str(trial_id), params=copy.deepcopy(result.config or {}), runs=[run]))
     if not candidates:
         errors = [str(r.error).splitlines()[0] for r in results if r.error]
-        raise RuntimeError(f"no trial kept a checkpoint with {config['sweep']['metric']}: {errors[:3]}")
+        raise NoUsableTrial(f"no trial kept a checkpoint with {config['sweep']['metric']}: {errors[:3]}")
     return candidates
 
 
