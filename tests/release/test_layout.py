@@ -3,9 +3,6 @@
 
 import json
 import shutil
-import socket
-import threading
-import time
 
 import httpx
 import numpy as np
@@ -19,7 +16,7 @@ from medsweep.serving import predict, serve
 from medsweep.serving.inference import load_promoted
 from medsweep.training import precision
 from medsweep.training.trial import run_trial
-from tests.conftest import TINY, compose_config
+from tests.conftest import TINY, compose_config, serving
 
 TOKEN = "layout-token-0123456789abcdef"
 TEXTS = ["Adenocarcinoma of the colon with hepatic metastases.", "Acute myocardial infarction.",
@@ -109,35 +106,15 @@ def test_predict_cli_reads_every_layout(readers, tmp_path):
     np.testing.assert_allclose(out[[f"prob_{n}" for n in labels]].to_numpy(), probs, atol=1e-5)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_the_http_service_serves_every_layout(readers):
-    import uvicorn
-
     _, link = readers
     model = load_promoted(link)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(serve.create_app(model, TOKEN), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.time() + 30
-        while not server.started:
-            assert time.time() < deadline and thread.is_alive(), "server did not come up"
-            time.sleep(0.05)
-        response = httpx.post(f"http://127.0.0.1:{port}/predict", json={"texts": TEXTS},
-                              headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
-        assert response.status_code == 200, response.text
-        got = np.array([[p["probabilities"][n] for n in model.label_names] for p in response.json()["predictions"]])
-        np.testing.assert_allclose(got, model.predict(TEXTS), atol=1e-6)
-        assert response.json()["version"] == "v001"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving(serve.create_app(model, TOKEN)) as url:
+        response = httpx.post(f"{url}/predict", json={"texts": TEXTS}, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert response.status_code == 200, response.text
+    got = np.array([[p["probabilities"][n] for n in model.label_names] for p in response.json()["predictions"]])
+    np.testing.assert_allclose(got, model.predict(TEXTS), atol=1e-6)
+    assert response.json()["version"] == "v001"
 
 
 def test_transformers_pipeline_loads_the_merged_layouts(promoted):

@@ -10,14 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import ray
 import torch
 
 from medsweep.search import sweep
 from medsweep.training.trial import run_trial, training_arguments
-from tests.conftest import ROOT, TINY, compose_config
+from tests.conftest import ROOT, TINY, compose_config, kill_driver_after_first_trial
 
 
 @pytest.fixture
@@ -120,36 +119,12 @@ def test_dtype_is_chosen_by_device_and_recorded(tiny_config):
     assert run_trial(tiny_config)["history"][0]["dtype"] == "float32"
 
 
-def _descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
 @pytest.mark.slow  # a minute or more on 2 cores: `make test-slow`
 def test_killed_driver_resumes_with_the_same_command(tmp_path):
     run_dir = tmp_path / "run"
     args = [sys.executable, "-m", "medsweep.run", "+sweep=smoke", "sweep.num_trials=3", "sweep.max_concurrent=1",
             "data.max_train_samples=96", "data.max_eval_samples=60", "trainer.max_length=32", f"hydra.run.dir={run_dir}"]
-    driver = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    processes = []
-    try:
-        deadline = time.time() + 180
-        while time.time() < deadline and not ((run_dir / "leaderboard.csv").exists() and leaderboard(run_dir)):
-            processes = _descendants(driver.pid) or processes
-            time.sleep(0.3)
-        assert leaderboard(run_dir), "no trial finished before the deadline"
-        processes = _descendants(driver.pid) or processes
-    finally:
-        # kill -9 the driver and everything it started, as a crashed machine would.
-        os.killpg(driver.pid, signal.SIGKILL)
-        for process in processes:
-            try:
-                process.kill()
-            except psutil.NoSuchProcess:
-                pass
-        driver.wait(timeout=30)
+    kill_driver_after_first_trial(args, run_dir, timeout=180)  # kill -9, as a crashed machine would
 
     finished = {r["trial_id"]: r for r in leaderboard(run_dir)}
     result_files = {p.parent.name: p.read_text() for p in (run_dir / "ray" / "sweep").glob("*/result.json")}

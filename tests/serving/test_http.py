@@ -2,7 +2,6 @@
 requests are in flight (SIGHUP on the CLI server: tests/serving/test_predict_serve.py), a broken folder, hostile request bodies, and Schemathesis fuzzing
 from the service's own OpenAPI schema."""
 
-import contextlib
 import json
 import shutil
 import threading
@@ -16,8 +15,7 @@ from medsweep.release import layout
 from medsweep.release.promote import promote_checkpoint, swap_link
 from medsweep.serving import serve
 from medsweep.serving.inference import PromotedModel, load_promoted
-from tests.conftest import TINY, compose_config
-from tests.serving.test_predict_serve import free_port
+from tests.conftest import TINY, compose_config, serving
 
 TOKEN = "http-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -53,24 +51,6 @@ def run_dir(checkpoints, tmp_path):
     return tmp_path / "run", promote_checkpoint(a, tmp_path / "run")
 
 
-@contextlib.contextmanager
-def serving(app):
-    """A real uvicorn on 127.0.0.1 in a thread of this process; yields the base URL."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.time() + 30
-        while not server.started:
-            assert time.time() < deadline and thread.is_alive(), "server did not come up"
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
 
 
 def probabilities(response, labels) -> np.ndarray:

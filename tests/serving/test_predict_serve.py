@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from medsweep.serving import serve
 from medsweep.config import ConfigError
 from medsweep.release.promote import promote_checkpoint
 from medsweep.serving.inference import load_promoted
-from tests.conftest import ROOT, SHARED_DATA, TINY, compose_config
+from tests.conftest import ROOT, SHARED_DATA, TINY, compose_config, free_port
 
 TOKEN = "test-token-0123456789abcdef"
 TEXT_COLUMN = "medical_abstract"  # what the model was trained on (conf/data/medical_abstracts.yaml)
@@ -154,12 +153,6 @@ def test_predict_errors_are_one_line_and_exit_2(promoted, tmp_path, capsys, case
 
 
 # --- serve -----------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def start_server(args: list[str], env: dict, log_path) -> subprocess.Popen:
     full_env = {k: v for k, v in os.environ.items() if k != serve.TOKEN_ENV}
