@@ -149,6 +149,7 @@ def test_a_sweep_whose_every_trial_failed_ends_in_one_line_not_a_traceback(tmp_p
         raise NoUsableTrial("no trial kept a checkpoint with val_f1_macro: ['CUDA out of memory']")
 
     monkeypatch.setattr(run, "execute", every_trial_failed)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # cli() sets it to 1 in this process: restored after the test
     monkeypatch.setattr(sys, "argv", ["medsweep.run", "+sweep=smoke", f"hydra.run.dir={tmp_path / 'run'}"])
     with pytest.raises(SystemExit) as stopped:
         run.cli()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from medsweep import data
+from medsweep.search import driver
 from tests.conftest import compose_config, run_cli
 
 OVERRIDES = [
@@ -33,6 +34,8 @@ def snapshot(run_dir: Path) -> dict[str, str]:
     """Every file's hash and every link's target under the run dir."""
     state = {}
     for path in sorted(run_dir.rglob("*")):
+        if path.name == driver.LOCK_FILE:  # who last drove this run dir (pid, start time), not a result
+            continue
         key = str(path.relative_to(run_dir))
         if path.is_symlink():
             state[key] = "-> " + os.readlink(path)
@@ -60,8 +63,13 @@ def test_fingerprints_are_recorded_with_every_trial_and_the_promoted_model(pair_
     assert len(checkpoints) == 2  # one kept checkpoint per trial
     assert all(json.loads(p.read_text())["data_fingerprints"] == expected for p in checkpoints)
     metrics = json.loads((run_dir / "promoted" / "metrics.json").read_text())
-    assert metrics["data_fingerprints"] == expected
-    assert metrics["data_summary"]["fingerprints"] == expected  # the test split scored is the recorded one
+    # The search trained on 48 rows; the promoted model is their refit on every training row
+    # (promote.refit): same validation and test split, the whole training split.
+    full = data.load_splits(compose_config(OVERRIDES + ["data.max_train_samples=null"])["data"]).fingerprints
+    assert full["validation"] == expected["validation"] and full["test"] == expected["test"] and full["train"] != expected["train"]
+    assert metrics["data_fingerprints"] == full
+    assert metrics["training"]["search_train_fingerprint"] == expected["train"]
+    assert metrics["data_summary"]["fingerprints"] == full  # the splits it was trained and scored on
 
 
 def test_no_text_from_the_data_is_written_to_the_run_dir_or_printed(pair_run):
