@@ -121,8 +121,15 @@ def make_searcher(*, experiment: str, warm_trials: list | None = None, **kwargs)
 
     class SweepSearch(OptunaSearch):
         def _setup_study(self, mode):
+            # The earlier sweeps' trials go in before the points to evaluate (the base configuration) are
+            # enqueued, so the study's trial numbers follow what was known, then what this sweep tries.
+            # (space.check_points has validated the points already.)
+            points, self._points_to_evaluate = self._points_to_evaluate, []
             super()._setup_study(mode)
             self._add_warm_trials(warm_trials or [])
+            for point in points or []:
+                self._ot_study.enqueue_trial(point)
+            self._points_to_evaluate = points
 
         def _add_warm_trials(self, trials: list) -> None:
             """The earlier sweeps' trials, before the first new one, so TPE models them at once.

@@ -18,6 +18,7 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.mark.slow  # a real Ray sweep of ~20-40 s; keeps the default suite under 10 min (`make test-slow`)
 def test_promotion_takes_the_peak_step_not_the_last(tmp_path, ray_local):
     config = compose_config(TINY + ["trainer.epochs=3", "cluster.num_cpus=1"], run_dir=tmp_path)
     space, splits = sweep.preflight(config)

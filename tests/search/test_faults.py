@@ -54,6 +54,7 @@ def test_points_to_evaluate_must_set_every_dimension():
         sweep.preflight(config)
 
 
+@pytest.mark.slow  # a real Ray sweep of ~20-40 s; keeps the default suite under 10 min (`make test-slow`)
 def test_a_crashed_trial_is_retried_from_its_last_checkpoint(tmp_path, ray_cleanup):
     config = compose_config(TINY + ["trainer.epochs=3", "cluster.num_cpus=1", "sweep.max_failures=1"], run_dir=tmp_path)
     space, splits = sweep.preflight(config)

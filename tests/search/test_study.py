@@ -180,7 +180,8 @@ def test_a_warm_started_sweep_under_a_tiny_budget_ends_with_a_promoted_model(smo
     # trial is settled (none left RUNNING), and the budget-stopped ones are PRUNED.
     trials = optuna.load_study(study_name="smoke", storage=study.open_storage(str(tmp_path / study.JOURNAL_FILE))).trials
     warm = [t for t in trials if t.user_attrs.get(study.WARM_FROM)]
-    assert [t.number for t in warm] == [0, 1] and {t.user_attrs["ray_trial_id"] for t in warm} == set(earlier_rows)
+    assert [t.number for t in warm] == [0, 1] and {t.user_attrs["ray_trial_id"] for t in warm} == set(earlier_rows), \
+        [(t.number, t.state.name, t.user_attrs) for t in trials[:4]]
     for t in warm:
         assert t.state.name == "COMPLETE" and t.value == pytest.approx(float(earlier_rows[t.user_attrs["ray_trial_id"]]["best_value"]))
     new = {t.user_attrs["ray_trial_id"]: t for t in trials if not t.user_attrs.get(study.WARM_FROM)}

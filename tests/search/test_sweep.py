@@ -119,6 +119,7 @@ def test_single_run_without_sweep_is_one_trial_through_the_same_path(tmp_path):
     assert "one configuration, nothing to choose between: no seed re-runs or refit" in proc.stdout
 
 
+@pytest.mark.slow  # a real Ray sweep of ~20-40 s; keeps the default suite under 10 min (`make test-slow`)
 def test_trials_reuse_one_worker_process_and_each_starts_fresh(tmp_path):
     # cluster.reuse_actors (default): three trials through one slot run in one worker process, so
     # torch and transformers are imported once; each trial must still train from its own start.

@@ -189,6 +189,7 @@ def test_4bit_preflight_names_each_missing_piece(llama_config, monkeypatch):
         sweep.preflight(config)
 
 
+@pytest.mark.slow  # a real Ray sweep of ~20-40 s; keeps the default suite under 10 min (`make test-slow`)
 def test_lora_decoder_sweep_trains_promotes_and_predicts(tmp_path):
     from transformers import pipeline
 
