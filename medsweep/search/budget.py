@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 import time
 from pathlib import Path
 
 from ray.tune import Callback
 from ray.tune.stopper import Stopper
+
+from medsweep.search.leaderboard import atomic_write
 
 BUDGET_FILE = "budget.json"
 # Promotion after the search: scoring the test split, 1,000 bootstrap resamples, writing the version
@@ -87,9 +88,7 @@ class SearchBudget(Stopper):
 
     def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(self._state, indent=2))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps(self._state, indent=2))
         self._written = time.time()
 
     def reserve_s(self) -> float | None:

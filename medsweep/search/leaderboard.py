@@ -21,7 +21,7 @@ SCORE_COLUMNS = ("val_f1_macro", "val_auroc", "val_accuracy")
 TEXT_COLUMNS = ("trial_id", "metric", "status", "error")
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
     # Readers (a dashboard, `watch cat`) never see a half-written table.
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
@@ -156,9 +156,9 @@ class Leaderboard(TrialResults):
         writer = csv.DictWriter(buffer, fieldnames=self.columns())
         writer.writeheader()
         writer.writerows(rows)
-        _atomic_write(self.run_dir / "leaderboard.csv", buffer.getvalue())
+        atomic_write(self.run_dir / "leaderboard.csv", buffer.getvalue())
 
         lines = [f"# Leaderboard ({self.metric}, {'higher' if self.mode == 'max' else 'lower'} is better)", "",
                  *table(["rank", *self.columns()],
                         [[rank, *(short(row[c]) for c in self.columns())] for rank, row in enumerate(rows, 1)])]
-        _atomic_write(self.run_dir / "leaderboard.md", "\n".join(lines) + "\n")
+        atomic_write(self.run_dir / "leaderboard.md", "\n".join(lines) + "\n")
