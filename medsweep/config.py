@@ -19,6 +19,12 @@ class LoraSettings:
     # A comma-separated list of module names, or "all-linear". A string (not a list) so that it can
     # be a categorical search dimension: Optuna only samples primitive values.
     target_modules: str = "query,value"
+    # Train the pooler in full beside the adapter, as a full fine-tune does. In BERT-style classifiers
+    # the head reads [CLS] through the pooler (a dense layer plus tanh); PEFT keeps only `classifier`
+    # trainable, so with the pooler frozen the new head sat on a fixed projection (all-MiniLM-L6-v2 was
+    # trained through mean pooling, never through its pooler: weights of std 0.009) and LoRA needed
+    # learning rates near divergence (docs/benchmarks.md, "LoRA's frozen pooler").
+    train_pooler: bool = True
 
 
 @dataclass

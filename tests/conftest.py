@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -38,11 +39,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
 
-def compose_config(overrides=(), run_dir: Path | str = ".") -> dict:
-    """The config dict the CLI would build for these overrides (minus Hydra's own node)."""
+def compose_config(overrides=(), run_dir: Path | str | None = None) -> dict:
+    """The config dict the CLI would build for these overrides (minus Hydra's own node). Without a
+    run_dir, a fresh temporary one: a test that trains must never write its token cache or Optuna
+    journal into the checkout (they were once committed from there)."""
     from medsweep.run import compose
 
-    return compose(overrides, run_dir)
+    return compose(overrides, run_dir if run_dir is not None else tempfile.mkdtemp(prefix="medsweep-test-"))
 
 
 @pytest.fixture

@@ -245,8 +245,31 @@ def build_scheduler(config: dict, num_train: int):
     if name == "median":
         return MedianStoppingRule(time_attr="training_iteration", grace_period=sweep["grace_period"],
                                   min_samples_required=2, **primary)
+    hint = first_rung_hint(config)
+    if hint:
+        print(f"[medsweep] early stopping: {hint}", flush=True)
     return ASHAScheduler(time_attr="training_iteration", max_t=max_t, **primary,
                          grace_period=sweep["grace_period"], reduction_factor=sweep["reduction_factor"])
+
+
+def first_rung_hint(config: dict) -> str | None:
+    """A sentence when ASHA's first rung comes before some trials have finished their learning-rate
+    warm-up: a rung there ranks how fast trials start, not how well they learn, and stops the slow
+    starters (seen on lr_lora: three trials stopped at 16 steps, docs/benchmarks.md). None otherwise,
+    and when rungs are not fractions of a trial (trainer.evaluations unset)."""
+    evaluations, grace = config["trainer"]["evaluations"], config["sweep"]["grace_period"]
+    if not evaluations or grace >= evaluations:
+        return None
+    spec = flatten(config["sweep"]["search_space"]).get("trainer.warmup_ratio")
+    warmup = (max(spec["values"]) if spec["type"] == "choice" else spec["upper"]) if spec else config["trainer"]["warmup_ratio"]
+    if grace / evaluations > warmup:
+        return None
+    after = math.floor(warmup * evaluations) + 1
+    advice = (f"set sweep.grace_period={after}" if after < evaluations
+              else "lower trainer.warmup_ratio or add trainer.evaluations")
+    return (f"the first rung (evaluation {grace} of {evaluations}, {grace / evaluations:.0%} of each trial's steps) "
+            f"comes before the end of a warm-up of up to {warmup:.0%} of the steps, so it ranks how fast trials start; "
+            f"{advice} to rank them after it")
 
 
 def build_tuner(config: dict, function, param_space: dict, name: str, *, tune_config: dict, reporter,

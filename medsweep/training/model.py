@@ -92,8 +92,10 @@ def wrap_lora(model, lora: dict):
     targets = lora["target_modules"]
     target_modules = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
     peft_config = LoraConfig(
-        # SEQ_CLS makes PEFT keep the classifier head trainable and save it with the adapter.
+        # SEQ_CLS makes PEFT keep the classifier head trainable and save it with the adapter; the
+        # pooler in front of it is head too (config.LoraSettings.train_pooler says why).
         task_type=TaskType.SEQ_CLS,
+        modules_to_save=pooler_modules(model) if lora.get("train_pooler", True) else None,
         r=int(lora["r"]),
         lora_alpha=int(lora["alpha"]),
         lora_dropout=float(lora["dropout"]),
@@ -103,6 +105,12 @@ def wrap_lora(model, lora: dict):
         return get_peft_model(model, peft_config)
     except ValueError as exc:
         raise ConfigError(f"model.lora.target_modules={targets!r} does not fit this model: {str(exc).splitlines()[0]}") from None
+
+
+def pooler_modules(model) -> list[str] | None:
+    """["pooler"] when the classifier reads its input through a pooler module (BERT, ALBERT, DeBERTa),
+    else None: decoders and RoBERTa-style heads have none, their whole head is `classifier`/`score`."""
+    return ["pooler"] if any(name.rsplit(".", 1)[-1] == "pooler" for name, _ in model.named_modules()) else None
 
 
 def check_lora_targets(model_cfg: dict, search_space: dict) -> None:

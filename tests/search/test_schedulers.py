@@ -7,7 +7,7 @@ import pytest
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule
 
 from medsweep.config import ConfigError, validate
-from medsweep.search.sweep import LOCAL_RAY_SYSTEM_CONFIG, build_scheduler, max_evaluations
+from medsweep.search.sweep import LOCAL_RAY_SYSTEM_CONFIG, build_scheduler, first_rung_hint, max_evaluations
 from medsweep.training.trial import evaluation_interval, optimizer_steps, run_trial
 from tests.conftest import TINY, compose_config
 
@@ -37,6 +37,27 @@ def test_asha_rungs_are_counted_in_evaluations_and_stop_at_the_last(tmp_path):
     # Without trainer.evaluations: one evaluation per epoch of the longest trial the space allows.
     config = sweep_config(tmp_path, "sweep.num_trials=6", "trainer.epochs=3")
     assert max_evaluations(config, 800) == 3
+
+
+def test_a_first_rung_inside_the_warm_up_is_said_with_the_grace_period_that_clears_it(tmp_path, capsys):
+    # The shipped sweeps: warm-up drawn up to 0.2, first rung at 2 of 6 evaluations (1/3): nothing to say.
+    for name in ("lr_lora", "lr_full"):
+        assert first_rung_hint(compose_config([f"+sweep={name}"], run_dir=tmp_path)) is None
+    # At 1 of 6 (17%), trials drawing a warm-up above 17% are still warming up at the rung.
+    config = compose_config(["+sweep=lr_lora", "sweep.grace_period=1"], run_dir=tmp_path)
+    hint = first_rung_hint(config)
+    assert "evaluation 1 of 6" in hint and "20%" in hint and "sweep.grace_period=2" in hint
+    build_scheduler(config, num_train=500)
+    assert "[medsweep] early stopping: the first rung" in capsys.readouterr().out
+    # A warm-up that is not searched counts at its configured value; none at all: nothing to say.
+    config = sweep_config(tmp_path, "sweep.num_trials=6", "trainer.evaluations=10", "sweep.grace_period=1",
+                          "trainer.warmup_ratio=0.25", "~sweep.search_space.trainer.warmup_ratio")
+    assert "sweep.grace_period=3" in first_rung_hint(config)
+    config["trainer"]["warmup_ratio"] = 0.0
+    assert first_rung_hint(config) is None
+    # Rungs that are not fractions of a trial (no trainer.evaluations): no claim.
+    config["trainer"].update(evaluations=None, warmup_ratio=0.25)
+    assert first_rung_hint(config) is None
 
 
 @pytest.mark.parametrize("name, kind", [("hyperband", HyperBandScheduler), ("median", MedianStoppingRule),

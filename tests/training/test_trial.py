@@ -51,8 +51,13 @@ def test_lora_head_is_trainable_and_saved_with_the_adapter(tiny_config, tmp_path
     model = build_model(tiny_config["model"], splits.label_names)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert any("classifier" in name for name in trainable)
+    # BERT's pooler feeds the classifier: it is head, trained in full like the classifier.
+    assert any("pooler" in name for name in trainable)
     assert any("lora_A" in name for name in trainable)
     assert not any("word_embeddings" in name for name in trainable)  # the base stays frozen
+    frozen_pooler = dict(tiny_config["model"], lora=dict(tiny_config["model"]["lora"], train_pooler=False))
+    assert not any("pooler" in name for name, p in build_model(frozen_pooler, splits.label_names).named_parameters()
+                   if p.requires_grad)
 
     kept = tmp_path / "ckpt"
 
@@ -65,6 +70,9 @@ def test_lora_head_is_trainable_and_saved_with_the_adapter(tiny_config, tmp_path
     with safe_open(str(kept / ADAPTER_WEIGHTS), "pt") as tensors:
         keys = list(tensors.keys())
         assert any("classifier" in k for k in keys), keys
+        pooler = [k for k in keys if "pooler" in k and k.endswith("weight")]
+        assert pooler, keys
+        trained_pooler = tensors.get_tensor(pooler[0])
         lora_b = [tensors.get_tensor(k) for k in keys if "lora_B" in k]
         assert lora_b and any(t.abs().sum() > 0 for t in lora_b)
 
@@ -76,6 +84,9 @@ def test_lora_head_is_trainable_and_saved_with_the_adapter(tiny_config, tmp_path
     p_merged = predict_proba(merged, tokenizer, texts, max_length=32)
     p_adapted = predict_proba(adapted, tokenizer, texts, max_length=32)
     np.testing.assert_allclose(p_merged, p_adapted, atol=1e-5)
+    # The trained pooler, not the base model's, is what the merged (promoted) model carries.
+    assert not np.allclose(trained_pooler.numpy(), model.base_model.model.bert.pooler.original_module.dense.weight.detach().numpy())
+    np.testing.assert_allclose(merged.bert.pooler.dense.weight.detach().numpy(), trained_pooler.numpy())
     assert read_checkpoint_info(kept)["label_names"] == splits.label_names
     assert merged.config.id2label[0] == "neoplasms"
 
