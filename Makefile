@@ -23,7 +23,7 @@ test-slow: ## Run only the slow tests (real MiniLM sweeps; tens of minutes)
 smoke: ## Whole path on a tiny random model in well under a minute
 	$(PYTHON) -m medsweep.run +sweep=smoke
 
-sweep: ## The default LoRA sweep on the embedded MiniLM + Medical Abstracts (~35 min on 2 cores)
+sweep: ## The default LoRA sweep on the embedded MiniLM + Medical Abstracts (~21 min on 2 cores)
 	$(PYTHON) -m medsweep.run +sweep=lr_lora
 
 clean: ## Remove run outputs and caches (not the venv)

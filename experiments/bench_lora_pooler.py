@@ -32,7 +32,7 @@ from medsweep.training.trial import run_trial
 
 def one_run(train_pooler: bool, seed: int, args) -> tuple[float, float, float]:
     overrides = ["+sweep=lr_lora", f"trainer.learning_rate={args.learning_rate}", f"trainer.seed={seed}",
-                 "model.lora.target_modules=query,value", "model.lora.r=8",
+                 "model.lora.target_modules='query,value'", "model.lora.r=8",
                  f"model.lora.train_pooler={str(train_pooler).lower()}", f"data.max_train_samples={args.samples}",
                  "cluster.cpus_per_trial=2"]
     with tempfile.TemporaryDirectory() as run_dir:

@@ -141,6 +141,7 @@ def main() -> None:
     shipped = compose(["+sweep=lr_lora"])
     schedulers = args.schedulers or [shipped["sweep"]["scheduler"]]
     evaluations = args.evaluations or shipped["trainer"]["evaluations"]
+    grace_period = shipped["sweep"]["grace_period"]  # the shipped first rung (after the longest warm-up)
     sides = [f"medsweep/{name}" for name in schedulers] + ["hyperparameter_search", "ray defaults"]
     runs: dict[str, list] = {side: [] for side in sides}
     for index, seed in enumerate(args.seeds):
@@ -151,6 +152,7 @@ def main() -> None:
                 if side.startswith("medsweep/"):
                     config["sweep"]["scheduler"] = side.split("/", 1)[1]
                     config["trainer"]["evaluations"] = evaluations
+                    config["sweep"]["grace_period"] = grace_period
                     run = medsweep_search(config)
                 elif side == "ray defaults":
                     config["sweep"].update(searcher="random", scheduler="fifo")
@@ -164,7 +166,7 @@ def main() -> None:
 
     print(f"\n{args.model} full fine-tune, {args.samples} abstracts x {args.epochs} epochs, max_length {args.max_length}, "
           f"{args.eval_samples} validation, {args.trials} trials, "
-          f"2 CPU cores; medsweep: trainer.evaluations={evaluations}, 2 trials side by side")
+          f"2 CPU cores; medsweep: trainer.evaluations={evaluations}, sweep.grace_period={grace_period}, 2 trials side by side")
     ratios: dict[tuple[str, str], list[float]] = {}
     for ours in sides[:len(schedulers)]:
         for other in sides[len(schedulers):]:
