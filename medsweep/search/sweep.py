@@ -196,6 +196,17 @@ def startup_trials(sweep: dict) -> int:
     return min(10, max(2, sweep["num_trials"] // 3))
 
 
+def trainer_extreme(config: dict, key: str, largest: bool):
+    """The largest (or smallest) value trainer.<key> can take in this sweep: its search dimension's
+    bound, or the configured value when it is not searched."""
+    spec = flatten(config["sweep"]["search_space"]).get(f"trainer.{key}")
+    if spec is None:
+        return config["trainer"][key]
+    if spec["type"] == "choice":
+        return (max if largest else min)(spec["values"])
+    return spec["upper"] if largest else spec["lower"]
+
+
 def max_evaluations(config: dict, num_train: int) -> int:
     """The most evaluations any trial of this sweep can run: the schedulers' max_t (their rungs stop there)."""
     from medsweep.training.trial import optimizer_steps
@@ -203,19 +214,9 @@ def max_evaluations(config: dict, num_train: int) -> int:
     trainer = config["trainer"]
     if trainer["evaluations"]:
         return trainer["evaluations"]
-    leaves = {path: spec for path, spec in flatten(config["sweep"]["search_space"]).items()}
-
-    def extreme(path: str, largest: bool):
-        spec = leaves.get(path)
-        if spec is None:
-            return trainer[path.split(".")[-1]]
-        if spec["type"] == "choice":
-            return (max if largest else min)(spec["values"])
-        return spec["upper"] if largest else spec["lower"]
-
-    longest = dict(trainer, epochs=extreme("trainer.epochs", largest=True),
-                   batch_size=extreme("trainer.batch_size", largest=False),
-                   gradient_accumulation_steps=extreme("trainer.gradient_accumulation_steps", largest=False))
+    longest = dict(trainer, epochs=trainer_extreme(config, "epochs", largest=True),
+                   batch_size=trainer_extreme(config, "batch_size", largest=False),
+                   gradient_accumulation_steps=trainer_extreme(config, "gradient_accumulation_steps", largest=False))
     total_steps = optimizer_steps(longest, num_train)
     if trainer["eval_every_steps"]:
         return max(1, math.ceil(total_steps / trainer["eval_every_steps"]))
@@ -260,8 +261,7 @@ def first_rung_hint(config: dict) -> str | None:
     evaluations, grace = config["trainer"]["evaluations"], config["sweep"]["grace_period"]
     if not evaluations or grace >= evaluations:
         return None
-    spec = flatten(config["sweep"]["search_space"]).get("trainer.warmup_ratio")
-    warmup = (max(spec["values"]) if spec["type"] == "choice" else spec["upper"]) if spec else config["trainer"]["warmup_ratio"]
+    warmup = trainer_extreme(config, "warmup_ratio", largest=True)
     if grace / evaluations > warmup:
         return None
     after = math.floor(warmup * evaluations) + 1
