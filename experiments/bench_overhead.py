@@ -8,9 +8,9 @@ Where the difference goes: a third run, medsweep's own trial function in this pr
 what the trial itself adds from what Ray adds; timers around `ray.init`, the preflight and the
 leaderboard/report step split the rest.
 
-    python experiments/bench_overhead.py --quick    # ~5 min on 2 cores
-    python experiments/bench_overhead.py            # ~10 min
-    python experiments/bench_overhead.py --quick --repeats 3   # sides alternated, medians (~12 min)
+    python experiments/bench_overhead.py --quick    # ~2 min on 2 cores
+    python experiments/bench_overhead.py            # ~6 min (--repeats 3: ~18 min)
+    python experiments/bench_overhead.py --quick --repeats 3   # sides alternated, medians (~6 min)
 
 The last line is `ratio=X.XX` (medsweep wall time over bare Trainer wall time; goal <= 1.08).
 """

@@ -36,7 +36,6 @@ def text_table(header: list[str], rows: list[list[str]]) -> list[str]:
 # Promotion (test-split scoring with bootstrap CIs, the model card) and the report, for the ETA: ~20-30 s
 # for the smoke sweep's tiny model on the 2-core development machine; a rough constant, not measured per run.
 PROMOTION_S = 30.0
-BOARD_START_S = 60.0
 
 
 def eta(trials, board: dict, planned: int | None, concurrency: int, later_trials: int, later_s: float) -> float | None:
@@ -90,12 +89,11 @@ class SweepConsole(ProgressReporter):
         self.start_time = start_time or self.start_time
         self.total = total_samples
         if self.use_board:
-            # Called by Tune in the driver after Ray is up, before the first trial starts. Waiting for
-            # the board to answer (its worker starts in ~1 s on an idle machine) keeps later reads from
-            # blocking Tune's loop and means no trial's early steps are lost; no board, no steps column.
-            self.board = progress.start_board()
-            if progress.read_board(self.board, timeout_s=BOARD_START_S) is None:
-                self.board = None
+            # Called by Tune in the driver after Ray is up, before the first trial starts. The board's
+            # worker starts beside the first trial's; steps a trial tells it before then wait in the
+            # actor's queue, so none is lost.
+            self.board = progress.BoardReader(progress.start_board())
+            self.board.read()
 
     def should_report(self, trials, done: bool = False) -> bool:
         return done or time.time() - self.last_report >= self.every_s
@@ -154,6 +152,11 @@ class SweepConsole(ProgressReporter):
     def report(self, trials, done: bool, *sys_info: str):
         self.last_report = time.time()
         if self.board is not None:
-            self.progress = progress.read_board(self.board) or self.progress
+            # The last table waits (briefly) for the final counts; Tune's loop is over by then.
+            snapshot = self.board.read(wait_s=2.0 if done else 0.0)
+            if snapshot is None:  # the board died: no steps column from now on
+                self.board = None
+            else:
+                self.progress = snapshot or self.progress
         lines = [self.header(trials), *(self.rows(trials, done) if trials else []), *self.errors(trials, done)]
         print("\n".join(lines) + "\n", file=self.stream or sys.stdout, flush=True)

@@ -47,14 +47,35 @@ def start_board():
     return ray.remote(num_cpus=0)(ProgressBoard).options(name=ACTOR_NAME, get_if_exists=True).remote()
 
 
-def read_board(board, timeout_s: float = 2.0) -> dict[str, dict] | None:
-    """The board's snapshot, or None if the actor does not answer in time (the console must not hang)."""
-    import ray
+class BoardReader:
+    """Reads the board from Tune's loop without ever blocking it.
 
-    try:
-        return ray.get(board.snapshot.remote(), timeout=timeout_s)
-    except Exception:  # noqa: BLE001  progress is a nicety; a slow or dead board costs only the column
-        return None
+    Each read returns the newest snapshot that has arrived and asks for the next. Waiting for an
+    answer instead cost every sweep ~6 s before its first trial on the 2-core machine: the board's
+    worker process starts as slowly as a trial's (imports), and the first wait ran before Tune
+    started any trial, so the two starts queued instead of overlapping."""
+
+    def __init__(self, board):
+        self.board, self.pending, self.latest, self.dead = board, None, {}, False
+
+    def read(self, wait_s: float = 0.0) -> dict[str, dict] | None:
+        """The newest snapshot (empty until the first arrives), or None once the board has died
+        (progress is a nicety: a dead board costs only the steps column)."""
+        import ray
+
+        if self.dead:
+            return None
+        if self.pending is not None:
+            ready, _ = ray.wait([self.pending], timeout=wait_s)
+            if not ready:
+                return self.latest
+            try:
+                self.latest = ray.get(self.pending)
+            except Exception:  # noqa: BLE001  the actor failed to start or died
+                self.dead = True
+                return None
+        self.pending = self.board.snapshot.remote()
+        return self.latest
 
 
 class StepProgress(TrainerCallback):

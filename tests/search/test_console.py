@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -40,6 +41,30 @@ def ray_local(monkeypatch):
     ray.init(num_cpus=1, include_dashboard=False)
     yield
     ray.shutdown()
+
+
+class SlowBoard(progress.ProgressBoard):
+    def snapshot(self):
+        time.sleep(0.5)  # an answer Tune's loop must not wait for
+        return super().snapshot()
+
+
+def test_the_board_reader_never_blocks_and_drops_a_dead_board(ray_local):
+    board = ray.remote(num_cpus=0)(SlowBoard).remote()
+    board.update.remote("a", 5, 10, 0.0)
+    reader = progress.BoardReader(board)
+    started = time.time()
+    # The actor's worker is still starting (seconds) and each answer takes 0.5 s: reads return at once,
+    # with what has arrived so far (nothing yet).
+    assert reader.read() == {} and reader.read() == {}
+    assert time.time() - started < 0.3
+    assert reader.read(wait_s=60)["a"]["step"] == 5
+    board.update.remote("a", 7, 10, 1.0)
+    # Each read returns the answer to the request sent by the read before it, and asks again.
+    assert reader.read(wait_s=60)["a"]["step"] == 5
+    assert reader.read(wait_s=60)["a"]["step"] == 7
+    ray.kill(board)
+    assert reader.read(wait_s=60) is None and reader.read() is None
 
 
 # ~25 s idle, 45-100 s under load (Ray start, a worker, a trial); the default suite checks the same channel
