@@ -153,7 +153,7 @@ class SweepConsole(ProgressReporter):
         self.last_report = time.time()
         if self.board is not None:
             # The last table waits (briefly) for the final counts; Tune's loop is over by then.
-            snapshot = self.board.read(wait_s=2.0 if done else 0.0)
+            snapshot = self.board.read_now(wait_s=2.0) if done else self.board.read()
             if snapshot is None:  # the board died: no steps column from now on
                 self.board = None
             else:

@@ -77,6 +77,12 @@ class BoardReader:
         self.pending = self.board.snapshot.remote()
         return self.latest
 
+    def read_now(self, wait_s: float) -> dict[str, dict] | None:
+        """The board as it is now, waiting up to wait_s twice: for the answer already asked for, then
+        for a fresh one (the last table: a short trial may have started and ended since the last ask)."""
+        self.read(wait_s)
+        return self.read(wait_s)
+
 
 class StepProgress(TrainerCallback):
     """Tells the board this trial's step count, at most every `every_s` seconds and at the end."""

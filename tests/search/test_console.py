@@ -63,6 +63,9 @@ def test_the_board_reader_never_blocks_and_drops_a_dead_board(ray_local):
     # Each read returns the answer to the request sent by the read before it, and asks again.
     assert reader.read(wait_s=60)["a"]["step"] == 5
     assert reader.read(wait_s=60)["a"]["step"] == 7
+    # The last table's read asks afresh: a trial that started and ended since the last ask is in it.
+    board.update.remote("b", 10, 10, 2.0)
+    assert reader.read_now(wait_s=60)["b"]["step"] == 10
     ray.kill(board)
     assert reader.read(wait_s=60) is None and reader.read() is None
 
