@@ -157,6 +157,6 @@ class SweepConsole(ProgressReporter):
             if snapshot is None:  # the board died: no steps column from now on
                 self.board = None
             else:
-                self.progress = snapshot or self.progress
+                self.progress = snapshot  # the reader keeps the newest answer itself
         lines = [self.header(trials), *(self.rows(trials, done) if trials else []), *self.errors(trials, done)]
         print("\n".join(lines) + "\n", file=self.stream or sys.stdout, flush=True)
