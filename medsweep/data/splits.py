@@ -40,6 +40,13 @@ class DataSplits:
     test: pd.DataFrame
     label_names: list[str]
     summary: dict = field(default_factory=dict)
+    # The training split before data.max_train_samples (None: not capped), kept so that a refit on all
+    # training rows needs no second read of the data (promotion/refit.py).
+    unsampled_train: pd.DataFrame | None = None
+
+    @property
+    def all_train(self) -> pd.DataFrame:
+        return self.train if self.unsampled_train is None else self.unsampled_train
 
     def split(self, name: str) -> pd.DataFrame:
         return {"train": self.train, "validation": self.validation, "test": self.test}[name]
@@ -304,6 +311,7 @@ def load_splits(cfg: dict) -> DataSplits:
     frame, label_names = encode_labels(frame, cfg)
     notes: list[str] = []  # what the splitting and subsampling did about rare classes, printed with the summary
     train, validation, test = split(frame, cfg, label_names, notes)
+    unsampled_train = train
     train = subsample(train, cfg["max_train_samples"], cfg["seed"], notes, "data.max_train_samples", label_names)
     validation = subsample(validation, cfg["max_eval_samples"], cfg["seed"], notes, "data.max_eval_samples", label_names)
     parts = dict(zip(SPLITS, (train, validation, test)))
@@ -316,7 +324,8 @@ def load_splits(cfg: dict) -> DataSplits:
     }
     if notes:
         summary["notes"] = notes
-    splits = DataSplits(train, validation, test, label_names, summary)
+    splits = DataSplits(train, validation, test, label_names, summary,
+                        unsampled_train if len(unsampled_train) != len(train) else None)
     summary["fingerprints"] = splits.fingerprints
     return splits
 

@@ -293,3 +293,56 @@ def sweep_points(config: dict) -> tuple[list[dict], str]:
         if point not in flat:
             flat.append(point)
     return flat, note
+
+
+class SearchSpace:
+    """sweep.search_space as one object: its dimensions, the Ray, Optuna and define-by-run forms,
+    and "what range does key X have" for everyone who asks (the budget, ASHA's max_t, the resource
+    probe, the leaderboard's columns, edge hints)."""
+
+    def __init__(self, spec: dict | None):
+        self.spec = spec or {}
+        self.leaves = flatten(self.spec)
+
+    def __bool__(self) -> bool:
+        return bool(self.leaves)
+
+    @property
+    def names(self) -> list[str]:
+        """The dimensions, flattened ("trainer.learning_rate"), sorted: the tables' column order."""
+        return sorted(self.leaves)
+
+    @property
+    def conditional(self) -> bool:
+        return is_conditional(self.spec)
+
+    def range(self, key: str) -> dict | None:
+        """The dimension of config key `key` ("trainer.epochs"), or None when it is not searched."""
+        return self.leaves.get(key)
+
+    def values(self, key: str) -> list:
+        """The values a choice dimension draws ([] for a numeric or unsearched key)."""
+        return list((self.range(key) or {}).get("values") or [])
+
+    def extreme(self, key: str, base_config: dict, largest: bool):
+        """The largest (or smallest) value config key `key` can take in this sweep: its dimension's
+        bound, or the base config's value when it is not searched."""
+        spec = self.range(key)
+        if spec is None:
+            return _get(base_config, key)
+        if spec["type"] == "choice":
+            return (max if largest else min)(spec["values"])
+        return spec["upper"] if largest else spec["lower"]
+
+    def ray(self, base_config: dict) -> dict:
+        """Nested Tune domains, checked against the config they override (build_search_space)."""
+        return build_search_space(self.spec, base_config)
+
+    def define_by_run(self) -> "DefineByRun | None":
+        return define_by_run(self.spec)
+
+    def optuna(self, base_config: dict) -> dict:
+        """Optuna distributions by "a/b" name (what Ray's OptunaSearch and a warm start use)."""
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch.convert_search_space(self.ray(base_config))
