@@ -166,8 +166,8 @@ class SweepConfig:
     metric: str = "val_f1_macro"
     mode: str = "max"
     # Multi-objective (optional): e.g. metrics [val_f1_macro, val_ece], modes [max, min]. When set,
-    # metrics[0]/modes[0] replace metric/mode as the primary objective (ASHA, checkpoints, leaderboard)
-    # and Optuna optimises all of them; see medsweep/search/ranking.py and seeds.py for how one model is promoted.
+    # metrics[0]/modes[0] are the primary objective (ASHA, checkpoints, leaderboard) instead of metric/mode
+    # (medsweep/plan.py reads them; the config is never rewritten) and Optuna optimises all of them; see medsweep/promotion/ranking.py and selection.py for how one model is promoted.
     metrics: List[str] = field(default_factory=list)
     modes: List[str] = field(default_factory=list)
     seed: int = 0

@@ -13,16 +13,15 @@ a saved config rather than a plan (a trial, the report of an old run dir, a prom
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 from medsweep.evaluation.metrics import best_of, is_better
 from medsweep.rundir import RunDir
 from medsweep.search.space import SearchSpace
 
 
-@dataclass(frozen=True)
-class Objective:
-    """One metric a sweep optimises, and which way."""
+class Objective(NamedTuple):
+    """One metric a sweep optimises, and which way (a pair: `for metric, mode in objectives(c)`)."""
 
     metric: str
     mode: str  # max | min

@@ -1,12 +1,13 @@
 """`python -m medsweep.run [+sweep=NAME] [key=value ...]`: the command-line entry point.
 
 This is the only module that touches Hydra: it composes conf/, resolves it to a plain dict, and
-hands that to the stages. Order: check everything -> sweep -> promote -> summary.
+hands that to the stages. Order: check everything (the plan) -> sweep -> promote -> publish.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import os
 import sys
@@ -22,8 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from medsweep.config import ConfigError, MedsweepConfig
+from medsweep.promotion.ranking import NoUsableTrial
+from medsweep.rundir import RunDir, atomic_write
 from medsweep.search import driver
-from medsweep.search.ranking import NoUsableTrial
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("medsweep")
@@ -48,59 +50,62 @@ def compose(overrides=(), run_dir: str | Path = ".") -> dict:
 
 
 def execute(config: dict, on_checked: Optional[Callable[[], None]] = None) -> dict:
-    """Check, sweep, promote. Returns the promoted model's metrics (empty if promotion is off).
+    """Check, sweep, promote, publish. Returns the promoted model's metrics (empty if promotion is off).
 
-    `on_checked` runs once every check has passed, before anything is written to the run dir.
+    `on_checked` runs once every check has passed, before anything is written to the run dir. A
+    signal at any phase ends in driver.Interrupted (resumable by the same command).
     """
     from medsweep import data
+    from medsweep.promotion import ranking, stage
     from medsweep.reporting import tracking
-    from medsweep.search import edges, ranking, seeds, sweep
-    from medsweep.training.imbalance import max_training_rows
+    from medsweep.search import edges, sweep
 
-    run_dir = Path(config["run_dir"])
     started = time.time()
-    space, splits = sweep.preflight(config)
-    tracking.check(config)
-    if on_checked is not None:
-        on_checked()
-    print("[medsweep] " + data.describe(splits.summary), flush=True)
-    sweep.write_json(run_dir / "data_summary.json", splits.summary)
-
-    trackers = tracking.trial_callbacks(config)
-    sweep.init_ray(config["cluster"])  # ray.init installs its own SIGTERM handler: driver.Stop's goes after it
     stop = driver.Stop()
     try:
-        results = sweep.run_sweep(config, space, num_train=max_training_rows(splits.train, config), callbacks=trackers)
-        if config["sweep"]["extend_edges"]:
-            results, config = edges.follow_up_round(config, results, splits, callbacks=trackers)
+        plan = sweep.preflight(config)
+        tracking.check(config)
+        if on_checked is not None:
+            on_checked()
+        print("[medsweep] " + data.describe(plan.splits.summary), flush=True)
+        atomic_write(plan.run_dir.data_summary, json.dumps(plan.splits.summary, indent=2, default=str))
+
+        stop.phase = "the search"
+        trackers = tracking.trial_callbacks(config)
+        sweep.init_ray(config["cluster"])
+        stop.install()  # ray.init installs its own SIGTERM handler (exit 15): ours goes after it
+        try:
+            results = sweep.run_sweep(plan, callbacks=trackers)
+            if config["sweep"]["extend_edges"]:
+                best = ranking.best_candidate(results, config)
+                results, plan = edges.follow_up_round(plan, results, edges.range_hints(best, results, config),
+                                                      callbacks=trackers)
+        finally:
+            tracking.finish_callbacks(trackers)  # an interrupted sweep still closes its tracker runs
+        if not config["promote"]["enabled"]:
+            ranking.rank_sweep(results, plan.config)  # still writes a multi-objective sweep's Pareto front
+            stop.phase = "the report"
+            publish(plan, plan.run_dir.root)
+            return {}
+        stop.phase = "promotion"
+        report = stage.promote(plan, results)
+        print_promoted(report, plan.run_dir.promoted, len(results), time.time() - started)
+        stop.phase = "the report"
+        edges.print_hints(report.get("range_hints") or [])
+        publish(plan, plan.run_dir.root)
+        return report
+    except KeyboardInterrupt:
+        raise stop.interrupted() from None
     finally:
         stop.restore()
-        tracking.finish_callbacks(trackers)  # an interrupted sweep still closes its tracker runs
-    stop.check(results, config["sweep"]["num_trials"])  # a stopped sweep is resumable, never promoted
-    if not config["promote"]["enabled"]:
-        ranking.rank_sweep(results, config)  # still writes a multi-objective sweep's Pareto front
-        publish(config, run_dir)
-        return {}
-    report = promote(seeds.choose(results, config), config)
-    print(f"[medsweep] {len(results)} trial(s) in {time.time() - started:.0f}s; " + summary_line(report), flush=True)
+
+
+def print_promoted(report: dict, promoted: Path, num_trials: int, seconds: float) -> None:
+    print(f"[medsweep] {num_trials} trial(s) in {seconds:.0f}s; " + summary_line(report), flush=True)
     test, ci = report["test"], report["test_ci"]["intervals"]
-    print(f"[medsweep] promoted model: {run_dir / 'promoted'} ({report['version']})  test macro-F1={test['test_f1_macro']:.4f} "
+    print(f"[medsweep] promoted model: {promoted} ({report['version']})  test macro-F1={test['test_f1_macro']:.4f} "
           f"[{ci['test_f1_macro'][0]:.3f}, {ci['test_f1_macro'][1]:.3f}] AUROC={test['test_auroc']:.4f} "
           f"accuracy={test['test_accuracy']:.4f} ECE={test['test_ece']:.4f}", flush=True)
-    edges.print_hints(report.get("range_hints") or [])
-    publish(config, run_dir)
-    return report
-
-
-def promote(chosen, config: dict) -> dict:
-    """Promote the chosen run's kept checkpoint; returns its metrics.json."""
-    from medsweep.release import layout
-    from medsweep.release.promote import promote_checkpoint
-
-    with chosen.run.checkpoint.as_directory() as checkpoint_dir:
-        promoted = promote_checkpoint(checkpoint_dir, Path(config["run_dir"]), chosen.provenance(config),
-                                      trust_remote_code=config["model"]["trust_remote_code"])
-    return layout.read_metrics(promoted)
 
 
 def summary_line(report: dict) -> str:
@@ -113,15 +118,16 @@ def summary_line(report: dict) -> str:
             f"{report['selection']['promoted_seed']}, step {report['validation']['step']}){spread}")
 
 
-def publish(config: dict, run_dir: Path) -> None:
+def publish(plan, run_dir: Path) -> None:
     """The sweep report and the tracker's sweep run, after the results are safe on disk."""
     from medsweep.reporting import report
     from medsweep.reporting import tracking
 
+    config = plan.config
     report_dir = None
     try:
         report_dir = report.write_report(run_dir, config)
-        print(f"[medsweep] report: {report_dir / 'index.html'}  leaderboard: {run_dir / 'leaderboard.md'}", flush=True)
+        print(f"[medsweep] report: {report_dir / 'index.html'}  leaderboard: {RunDir(run_dir).leaderboard_md}", flush=True)
     except Exception as exc:  # noqa: BLE001  a plotting bug must not cost the tracker's sweep run
         log.warning("the report could not be written (%s: %s); retry with: python -m medsweep.report %s",
                     type(exc).__name__, exc, run_dir)
@@ -148,13 +154,13 @@ def main(cfg: DictConfig) -> None:
         # Every trial failed: the reasons are in leaderboard.csv; the previous promoted model is untouched.
         if SHOW_TRACEBACK:
             raise
-        print(f"medsweep: error: {exc} (see {Path(config['run_dir']) / 'leaderboard.csv'})", file=sys.stderr)
+        print(f"medsweep: error: {exc} (see {RunDir.of(config).leaderboard_csv})", file=sys.stderr)
         sys.exit(1)
     except driver.Interrupted as exc:
         print(f"[medsweep] {exc}", file=sys.stderr, flush=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:  # Ctrl-C outside the sweep (checks, promotion): promotion is atomic
-        print("[medsweep] interrupted; the previous promoted model (if any) is unchanged", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C before execute holds the run (composing the config, taking the lock)
+        print("[medsweep] interrupted before the run started; nothing was written", file=sys.stderr)
         sys.exit(130)
 
 

@@ -98,8 +98,10 @@ def test_any_reported_metric_can_drive_the_sweep_and_metrics_lists_set_the_prima
     config = compose_config(["sweep.metric=val_f1_class_4", "sweep.mode=max"])
     preflight(config)
     config = compose_config(["sweep.metrics=[val_ece,val_f1_macro]", "sweep.modes=[min,max]"])
-    preflight(config)
-    assert (config["sweep"]["metric"], config["sweep"]["mode"]) == ("val_ece", "min")
+    plan = preflight(config)
+    assert (plan.metric, plan.mode) == ("val_ece", "min")
+    # The plan resolves the primary objective; the config the user composed is not rewritten.
+    assert (config["sweep"]["metric"], config["sweep"]["mode"]) == ("val_f1_macro", "max")
 
 
 def test_unreachable_cluster_address_fails_within_seconds():
@@ -143,7 +145,7 @@ def test_a_sweep_whose_every_trial_failed_ends_in_one_line_not_a_traceback(tmp_p
     import sys
 
     from medsweep import run
-    from medsweep.search.ranking import NoUsableTrial
+    from medsweep.promotion.ranking import NoUsableTrial
 
     def every_trial_failed(config, on_checked=None):
         raise NoUsableTrial("no trial kept a checkpoint with val_f1_macro: ['CUDA out of memory']")

@@ -95,6 +95,11 @@ def parse_csv(text: str, path: Path, keep_blank_lines: bool = False) -> pd.DataF
         # keeps an empty cell as "" (an empty text is dropped by cleaning and counted) rather than NaN.
         return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skip_blank_lines=not keep_blank_lines)
     except pd.errors.ParserError as exc:
+        if "Calling read(nbytes) on source failed" in str(exc):
+            # The source is an in-memory string: reading it fails only when a signal (Ctrl-C, SIGTERM)
+            # interrupts the C parser, which reports it as a parse error. An interrupted read is an
+            # interruption, never a damaged file.
+            raise KeyboardInterrupt from None
         raise ConfigError(f"malformed CSV in {path}: {_csv_problem(str(exc))}") from None
 
 

@@ -1,4 +1,4 @@
-"""The model card of a promoted model: `promoted/README.md`, Hugging Face style.
+"""The model card of a promoted model (`promoted/README.md`, written by release/layout.py), Hugging Face style.
 
 YAML front matter (base_model, tags, metrics, model-index) written with huggingface_hub's
 ModelCardData, so the Hub reads it as it reads any model card; the body is rendered from the
@@ -14,7 +14,6 @@ from pathlib import Path
 import yaml
 
 from medsweep.markdown import interval, number, table
-from medsweep.release.layout import CARD_FILE
 
 # Built-in models that have a Hub id (the tiny random model is built locally and has none).
 HUB_IDS = {"builtin:minilm-l6": "sentence-transformers/all-MiniLM-L6-v2"}
@@ -284,9 +283,3 @@ def render(report: dict) -> str:
         lines += subgroup_section(report["subgroups"])
     lines += [*usage_section(), *limitations_section(report)]
     return "\n".join(lines) + "\n"
-
-
-def write_model_card(folder: Path, report: dict) -> Path:
-    path = Path(folder) / CARD_FILE
-    path.write_text(render(report))
-    return path

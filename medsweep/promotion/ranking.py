@@ -10,7 +10,7 @@ Rules 1 and 2 of the promotion (README "Evaluation and promotion" repeats them f
    after min-max scaling each objective over the candidates (best = 1), closest first; ties by the
    primary objective. A trial with an undefined (NaN) objective ranks after all others.
 
-Rules 3 and 4 (seed re-runs, which run is promoted) are medsweep/search/seeds.py's.
+Rules 3 and 4 (seed re-runs, which run is promoted) are promotion/selection.py's.
 """
 
 from __future__ import annotations
@@ -25,15 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medsweep.evaluation.metrics import best_of
+from medsweep.plan import objectives, primary
+from medsweep.rundir import RunDir, atomic_write
 from medsweep.search.space import apply_overrides, flatten_values
-
-
-def objectives(sweep_cfg: dict) -> list[tuple[str, str]]:
-    """[(metric, mode), ...]: the primary objective first; more than one means multi-objective."""
-    if sweep_cfg["metrics"]:
-        return list(zip(sweep_cfg["metrics"], sweep_cfg["modes"]))
-    return [(sweep_cfg["metric"], sweep_cfg["mode"])]
 
 
 RANKING_RULE = {
@@ -139,8 +133,8 @@ def rank(candidates: list[Candidate], targets: list[tuple[str, str]], use_mean: 
 
 def kept_run(result, config: dict, origin: str) -> Run | None:
     """The run's best evaluation by the primary objective and its checkpoint (None if it kept none)."""
-    metric, mode = config["sweep"]["metric"], config["sweep"]["mode"]
-    best = best_of(result.best_checkpoints or [], lambda kept: kept[1].get(metric), mode)
+    objective = primary(config)
+    best = objective.best(result.best_checkpoints or [], lambda kept: kept[1].get(objective.metric))
     if best is None:
         return None
     trial_config = result.config or {}
@@ -163,17 +157,25 @@ def sweep_candidates(results, config: dict) -> list[Candidate]:
         candidates.append(Candidate(trial_id=str(trial_id), params=copy.deepcopy(result.config or {}), runs=[run]))
     if not candidates:
         errors = [str(r.error).splitlines()[0] for r in results if r.error]
-        raise NoUsableTrial(f"no trial kept a checkpoint with {config['sweep']['metric']}: {errors[:3]}")
+        raise NoUsableTrial(f"no trial kept a checkpoint with {primary(config).metric}: {errors[:3]}")
     return candidates
 
 
 def rank_sweep(results, config: dict) -> list[Candidate]:
     """The sweep's trials best first (rule 2); with several objectives, also writes the Pareto front."""
-    targets = objectives(config["sweep"])
+    targets = objectives(config)
     candidates = sweep_candidates(results, config)
     if len(targets) > 1:
-        write_pareto(Path(config["run_dir"]), candidates, targets)
+        write_pareto(RunDir.of(config), candidates, targets)
     return rank(candidates, targets, use_mean=False)
+
+
+def best_candidate(results, config: dict) -> Candidate | None:
+    """The sweep's best trial by rule 2 (no files written), or None when no trial kept a checkpoint."""
+    try:
+        return rank(sweep_candidates(list(results), config), objectives(config), use_mean=False)[0]
+    except NoUsableTrial:
+        return None
 
 
 def csv_text(rows: list[dict]) -> str:
@@ -185,7 +187,7 @@ def csv_text(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def write_pareto(run_dir: Path, candidates: list[Candidate], targets: list[tuple[str, str]]) -> list[dict]:
+def write_pareto(run_dir: RunDir, candidates: list[Candidate], targets: list[tuple[str, str]]) -> list[dict]:
     """pareto.csv / pareto.json: every trial's objective values (at its kept step), whether it is on
     the Pareto front, and its rank by rule 2."""
     points = np.array([[c.values(m)[0] for m, _ in targets] for c in candidates], dtype=np.float64)
@@ -196,11 +198,10 @@ def write_pareto(run_dir: Path, candidates: list[Candidate], targets: list[tuple
         rows.append({"rank": position, "trial_id": c.trial_id, "pareto_optimal": bool(front[i] == 1), "front": int(front[i]),
                      "ideal_distance": float(distance[i]), **{m: float(points[i, j]) for j, (m, _) in enumerate(targets)},
                      "step": c.runs[0].scores.get("step"), **flatten_values(c.params)})
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "pareto.csv").write_text(csv_text(rows))
+    atomic_write(run_dir.pareto_csv, csv_text(rows))
     payload = {"objectives": [{"metric": m, "mode": mode} for m, mode in targets], "rule": RANKING_RULE["multi"],
                "front": [r for r in rows if r["pareto_optimal"]], "trials": rows}
-    (run_dir / "pareto.json").write_text(json.dumps(payload, indent=2, default=str))
+    atomic_write(run_dir.pareto_json, json.dumps(payload, indent=2, default=str))
     print(f"[medsweep] Pareto front ({', '.join(f'{m} {mode}' for m, mode in targets)}): "
           + "; ".join(f"{r['trial_id']} " + " ".join(f"{m}={r[m]:.4f}" for m, _ in targets) for r in payload["front"]), flush=True)
     return rows

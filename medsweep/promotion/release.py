@@ -1,83 +1,43 @@
-"""Promote a checkpoint to `<run dir>/promoted/`: a loadable model, its evaluation and a model card.
+"""Release a checkpoint as the run dir's promoted model: a loadable model, its evaluation and a card.
 
-Which checkpoint is chosen is medsweep/search/seeds.py's job (the best evaluation step, not the
-last, of a seed-robust configuration). What a promoted folder holds, in either layout (merged
-weights that `transformers.pipeline` loads; adapter + base reference for a 4-bit base), is
-medsweep/release/layout.py's: this module decides what goes in and when it becomes `promoted`.
+Which checkpoint is chosen is promotion/selection.py's job (the best evaluation step, not the last,
+of a seed-robust configuration). What a promoted folder holds, in either layout (merged weights that
+`transformers.pipeline` loads; adapter + base reference for a 4-bit base), is release/layout.py's;
+versions, the `promoted` link and the history are release/store.py's. This module decides what goes
+into a version: the model, the test split's scores, metrics.json and the card.
 
 The test split is scored here and only here, once per promotion: test metrics, their bootstrap
 confidence intervals and the confusion matrix.
-
-Promotion is atomic and versioned: the new version is written in full under promoted-versions/vNNN,
-then the `promoted` symlink is swapped in one rename, then the promotion is appended to
-promoted-versions/history.jsonl. A crash at any point leaves the previous promoted model in place
-and loadable; no version folder is ever overwritten or deleted, and version numbers are never
-reused once a version was completed.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
 
 from medsweep import data
 from medsweep.evaluation import subgroups
 from medsweep.evaluation.metrics import name_per_class, scores_with_intervals
 from medsweep.hf import quiet_libraries
-from medsweep.release import layout
-from medsweep.release.model_card import write_model_card
+from medsweep.plan import primary
+from medsweep.promotion.card import render
+from medsweep.release import layout, store
 from medsweep.serving.inference import predict_proba
-from medsweep.training.model import TRIAL_FILE, is_adapter_checkpoint, is_quantized, load_checkpoint, read_checkpoint_info
+from medsweep.training.model import is_adapter_checkpoint, is_quantized, load_checkpoint, read_checkpoint_info
 from medsweep.training.precision import base_reference
 
-PROMOTED = "promoted"
-VERSIONS = "promoted-versions"
-HISTORY = "history.jsonl"
 # Used when a checkpoint's config predates these settings.
 DEFAULT_BOOTSTRAP = {"bootstrap_resamples": 1000, "bootstrap_seed": 0}
 CONFIDENCE = 0.95
 
 
-def read_history(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / VERSIONS / HISTORY
-    if not path.exists():
-        return []
-    # A line cut short by a crash mid-append is skipped, not fatal.
-    entries = []
-    for line in path.read_text().splitlines():
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return entries
-
-
-def next_version_dir(run_dir: Path) -> Path:
-    """vNNN after every completed version folder and every version the history names, so a number
-    is never reused (a crashed attempt's `.partial` folder does not count and is cleared)."""
-    versions = run_dir / VERSIONS
-    versions.mkdir(parents=True, exist_ok=True)
-    numbers = [int(m.group(1)) for p in versions.iterdir() if (m := re.fullmatch(r"v(\d+)", p.name))]
-    numbers += [int(m.group(1)) for e in read_history(run_dir) if (m := re.fullmatch(r"v(\d+)", str(e.get("version"))))]
-    return versions / f"v{max(numbers, default=0) + 1:03d}"
-
-
-def current_version(run_dir: Path) -> str | None:
-    link = run_dir / PROMOTED
-    return Path(os.readlink(link)).name if link.is_symlink() else None
-
-
-def evaluate_test_split(model, tokenizer, config: dict) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+def evaluate_test_split(model, tokenizer, config: dict, splits=None) -> tuple[np.ndarray, np.ndarray, dict, dict]:
     """Labels and predicted probabilities on the test split (the only time it is scored), the data
-    summary, and the test rows' group values (data.group_columns) for the subgroup audit."""
-    splits = data.load_splits(config["data"])
+    summary, and the test rows' group values (data.group_columns) for the subgroup audit. `splits`:
+    the driver's, already loaded (read here only when a checkpoint is promoted on its own)."""
+    splits = splits if splits is not None else data.load_splits(config["data"])
     test = splits.test
     pairs = test["text_pair"].tolist() if "text_pair" in test.columns else None
     probs = predict_proba(model, tokenizer, test["text"].tolist(), pairs,
@@ -85,7 +45,7 @@ def evaluate_test_split(model, tokenizer, config: dict) -> tuple[np.ndarray, np.
     return test["label"].to_numpy(), probs, splits.summary, subgroups.group_columns(test)
 
 
-def write_model(checkpoint_dir: Path, staging: Path, info: dict, trust_remote_code: bool = False):
+def stage_model(checkpoint_dir: Path, staging: Path, info: dict, trust_remote_code: bool = False):
     """The checkpoint's model into the staging folder, in the layout its base allows; returns
     (model, tokenizer) for scoring the test split."""
     from transformers import AutoTokenizer
@@ -97,19 +57,9 @@ def write_model(checkpoint_dir: Path, staging: Path, info: dict, trust_remote_co
     quantized = is_quantized(model_cfg)
     layout.write_model(staging, None if quantized else model, tokenizer,
                        adapter_source=checkpoint_dir if is_adapter_checkpoint(checkpoint_dir) else None,
-                       base_reference=base_reference(model_cfg, info["label_names"]) if quantized else None)
-    shutil.copy2(checkpoint_dir / TRIAL_FILE, staging / TRIAL_FILE)
+                       base_reference=base_reference(model_cfg, info["label_names"]) if quantized else None,
+                       trial_file_from=checkpoint_dir)
     return model, tokenizer
-
-
-def swap_link(run_dir: Path, target: Path) -> Path:
-    link = run_dir / PROMOTED
-    tmp_link = run_dir / f".{PROMOTED}.tmp"
-    if tmp_link.is_symlink() or tmp_link.exists():
-        tmp_link.unlink()
-    tmp_link.symlink_to(target.relative_to(run_dir))
-    os.replace(tmp_link, link)  # atomic on POSIX: readers see the old or the new model, never neither
-    return link
 
 
 def history_entry(report: dict) -> dict:
@@ -123,25 +73,6 @@ def history_entry(report: dict) -> dict:
     }
 
 
-def reconcile_history(run_dir: Path) -> None:
-    """If a crash came between the link swap and the history append, the promoted version has no
-    history line: add it (from its own metrics.json) before anything else is recorded."""
-    current = current_version(run_dir)
-    if current is None or any(e.get("version") == current for e in read_history(run_dir)):
-        return
-    version_dir = run_dir / VERSIONS / current
-    if (version_dir / layout.METRICS_FILE).exists():
-        record_history(run_dir, {**history_entry(layout.read_metrics(version_dir)), "recovered": True})
-
-
-def record_history(run_dir: Path, entry: dict) -> None:
-    """Append-only: one JSON line per promotion, flushed to disk before promotion returns."""
-    with open(run_dir / VERSIONS / HISTORY, "a") as history:
-        history.write(json.dumps(entry, default=str) + "\n")
-        history.flush()
-        os.fsync(history.fileno())
-
-
 def promotion_report(info: dict, labels: np.ndarray, probs: np.ndarray, data_summary: dict, groups: dict,
                      provenance: dict) -> dict:
     """metrics.json: the promoted step's validation metrics, the test metrics with CIs, the subgroup
@@ -150,9 +81,10 @@ def promotion_report(info: dict, labels: np.ndarray, probs: np.ndarray, data_sum
     bootstrap = {**DEFAULT_BOOTSTRAP, **(config.get("promote") or {})}
     # Without a seed re-run the record still says which seed trained this model.
     provenance = {"seed_robustness": {"seeds": [config["trainer"]["seed"]], "n": 1}, **provenance}
+    objective = primary(config)
     report = {
-        "metric": config["sweep"]["metric"],
-        "mode": config["sweep"]["mode"],
+        "metric": objective.metric,
+        "mode": objective.mode,
         "validation": name_per_class(info["metrics"], label_names, prefix="val_"),
         **scores_with_intervals(labels, probs, label_names, "test_", bootstrap["bootstrap_resamples"],
                                 bootstrap["bootstrap_seed"], CONFIDENCE),
@@ -170,37 +102,31 @@ def promotion_report(info: dict, labels: np.ndarray, probs: np.ndarray, data_sum
     return report
 
 
+def write_model_card(folder: Path, report: dict) -> Path:
+    """The card rendered from metrics.json (promotion/card.py), written by the layout."""
+    return layout.write_card(folder, render(report))
+
+
 def promote_checkpoint(checkpoint_dir: str | Path, run_dir: str | Path, provenance: dict | None = None,
-                       trust_remote_code: bool = False) -> Path:
+                       trust_remote_code: bool = False, splits=None) -> Path:
     """Write the checkpoint as a loadable model with its evaluation and card; swap it in as `promoted`.
 
-    `provenance` (from search.seeds.Selection.provenance) says how the model was chosen; it is
+    `provenance` (from promotion.selection.Selection.provenance) says how the model was chosen; it is
     merged into metrics.json. `trust_remote_code` is the user's model.trust_remote_code, never the
-    checkpoint's. A checkpoint whose weights do not match the sha256 in its trial.json is refused
-    (ConfigError) before anything is written: the previous promoted model stays.
+    checkpoint's. `splits`: the driver's (the test split is read from them). A checkpoint whose
+    weights do not match the sha256 in its trial.json is refused (ConfigError) before anything is
+    written: the previous promoted model stays.
     """
     checkpoint_dir, run_dir = Path(checkpoint_dir), Path(run_dir)
     quiet_libraries()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # Two promotions into one run dir at once would race for the same version number.
-    with FileLock(str(run_dir / f".{PROMOTED}.lock")):
+    with store.new_version(run_dir, history_entry) as version:
         info = read_checkpoint_info(checkpoint_dir)
-        reconcile_history(run_dir)
-        target = next_version_dir(run_dir)
-        staging = target.with_name(target.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        previous = current_version(run_dir)
-
-        model, tokenizer = write_model(checkpoint_dir, staging, info, trust_remote_code)
-        labels, probs, data_summary, groups = evaluate_test_split(model, tokenizer, info["config"])
-        report = {"version": target.name, "previous_version": previous,
+        model, tokenizer = stage_model(checkpoint_dir, version.folder, info, trust_remote_code)
+        labels, probs, data_summary, groups = evaluate_test_split(model, tokenizer, info["config"], splits)
+        report = {"version": version.name, "previous_version": version.previous,
                   "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   **promotion_report(info, labels, probs, data_summary, groups,
                                      {"checkpoint": str(checkpoint_dir), **(provenance or {})})}
-        layout.write_record(staging, report, info["config"], labels, probs, info["label_names"])
-        write_model_card(staging, report)
-
-        os.replace(staging, target)
-        link = swap_link(run_dir, target)
-        record_history(run_dir, history_entry(report))
-    return link
+        layout.write_record(version.folder, report, info["config"], labels, probs, info["label_names"])
+        write_model_card(version.folder, report)
+        return version.publish(history_entry(report))

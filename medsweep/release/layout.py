@@ -12,7 +12,8 @@ Two layouts of the model itself:
 Beside the model every promoted folder holds metrics.json (the promotion's report), the resolved
 config it was trained with (medsweep_config.yaml: text columns, max length), the model card
 (README.md), the test split's labels and probabilities (test_predictions.npz, numbers only) and the
-checkpoint's trial.json.
+checkpoint's trial.json. Versions, the `promoted` link and the history around these folders are
+release/store.py's.
 
 Reading treats everything a folder carries as data: a path (or the run dir's `promoted` link) is
 resolved once, every file is read from that one version folder, each field read passes a type
@@ -39,6 +40,7 @@ SETTINGS_FILE = "medsweep_config.yaml"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "test_predictions.npz"
 CARD_FILE = "README.md"
+TRIAL_FILE = "trial.json"  # the checkpoint's record (training/model.py writes it), copied as it is
 MERGED, ADAPTER = "merged", "adapter"
 # The precisions a base reference may name (config.DTYPES without "auto": a written reference is resolved).
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
@@ -50,13 +52,14 @@ BITSANDBYTES_FIELDS = {"load_in_4bit": bool, "bnb_4bit_quant_type": str, "bnb_4b
 # --- writing --------------------------------------------------------------------------------------
 
 def write_model(folder: Path, model, tokenizer, *, adapter_source: Optional[Path] = None,
-                base_reference: Optional[dict] = None) -> str:
+                base_reference: Optional[dict] = None, trial_file_from: Optional[Path] = None) -> str:
     """Write the model part of a promoted folder; returns the layout written.
 
     `model` is the merged model (merged layout) or None (adapter layout); `adapter_source` is a
     folder holding a PEFT adapter (a LoRA checkpoint), copied to adapter/; `base_reference`
     (name_or_path, revision, quantization, bitsandbytes, dtype, label_names) selects the adapter
-    layout for a base that stays quantized.
+    layout for a base that stays quantized; `trial_file_from` is the checkpoint whose trial.json
+    goes beside the model.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -72,6 +75,8 @@ def write_model(folder: Path, model, tokenizer, *, adapter_source: Optional[Path
         (folder / ADAPTER_DIR).mkdir()
         for name in ADAPTER_FILES:
             shutil.copy2(Path(adapter_source) / name, folder / ADAPTER_DIR / name)
+    if trial_file_from is not None:
+        shutil.copy2(Path(trial_file_from) / TRIAL_FILE, folder / TRIAL_FILE)
     return ADAPTER if base_reference is not None else MERGED
 
 
@@ -85,6 +90,13 @@ def write_record(folder: Path, report: dict, config: dict, labels, probs, label_
     np.savez_compressed(folder / PREDICTIONS_FILE, labels=labels, probs=probs, label_names=np.array(label_names))
     (folder / METRICS_FILE).write_text(json.dumps(report, indent=2, default=str))
     (folder / SETTINGS_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def write_card(folder: Path, text: str) -> Path:
+    """The model card (README.md, rendered by promotion/card.py from metrics.json)."""
+    path = Path(folder) / CARD_FILE
+    path.write_text(text)
+    return path
 
 
 # --- reading --------------------------------------------------------------------------------------

@@ -69,18 +69,27 @@ def holder(path: Path) -> str:
 
 
 class Stop:
-    """SIGTERM during the sweep becomes Ray Tune's graceful SIGINT stop; remembers the signal.
-    Install after `ray.init` (which sets its own SIGTERM handler).
+    """SIGTERM and Ctrl-C at any phase of a run (checks, search, seed re-runs and refit, promotion,
+    report) stop it cleanly and resumably; remembers the signal and the phase it landed in.
 
-    Ray Tune takes SIGINT over for the run and hands the previous handler (this one) back only when
-    a SIGINT stopped it: after the sweep, this handler being current again means it was interrupted.
-    Ray's ResultGrid cannot tell: the trial stopped mid-run is counted as terminated."""
+    During a Tuner's fit, Ray Tune owns SIGINT: it stops the trials gracefully, saves the experiment
+    and returns; SIGTERM is turned into that same SIGINT. Outside a fit, both raise KeyboardInterrupt.
+    Tune hands the previous handler (ours) back only when a SIGINT stopped the fit, and otherwise
+    leaves its own (now deaf) handler installed: `fit` below reads which one it finds, then installs
+    ours again. `ray.init` installs its own SIGTERM handler (an exit with status 15): `install` again
+    after it."""
+
+    active: "Stop | None" = None  # the driver's, while a run holds it
 
     def __init__(self):
         self.signal_name: str | None = None
+        self.phase = "checks"
         self.previous = signal.getsignal(signal.SIGTERM)
         self.previous_sigint = signal.getsignal(signal.SIGINT)
-        self.handed_back = False
+        self.install()
+        Stop.active = self
+
+    def install(self) -> None:
         signal.signal(signal.SIGTERM, self._on_sigterm)
         signal.signal(signal.SIGINT, self._on_sigint)
 
@@ -95,18 +104,44 @@ class Stop:
         signal.raise_signal(signal.SIGINT)
 
     def restore(self) -> None:
-        tune_handles_sigint = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") in ("", "0")
-        # ==, not `is`: a bound method is a new object on every attribute access.
-        self.handed_back = tune_handles_sigint and signal.getsignal(signal.SIGINT) == self._on_sigint
         signal.signal(signal.SIGTERM, self.previous)
         signal.signal(signal.SIGINT, self.previous_sigint)
+        if Stop.active is self:
+            Stop.active = None
 
-    def check(self, results, planned: int) -> None:
-        """Raise Interrupted if the sweep stopped before every trial finished (completed, stopped
-        early by the scheduler, or errored)."""
+    def after_fit(self) -> None:
+        """After a Tuner's fit: note a SIGINT Tune handled, and take SIGINT and SIGTERM back."""
+        tune_handles_sigint = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") in ("", "0")
+        # ==, not `is`: a bound method is a new object on every attribute access.
+        if tune_handles_sigint and signal.getsignal(signal.SIGINT) == self._on_sigint:
+            self.signal_name = self.signal_name or "SIGINT"
+        self.install()
+
+    def check(self, results, planned: int, what: str = "sweep") -> None:
+        """Raise Interrupted if a signal came, or the experiment stopped before every trial finished
+        (completed, stopped early by the scheduler, or errored)."""
         unfinished = len(results) - results.num_terminated - results.num_errors
-        if unfinished <= 0 and self.signal_name is None and not self.handed_back:
+        if unfinished <= 0 and self.signal_name is None:
             return
         name = self.signal_name or "SIGINT"
-        raise Interrupted(f"sweep interrupted ({name}) before its {planned} trial(s) finished, nothing promoted; "
+        raise Interrupted(f"{what} interrupted ({name}) before its {planned} trial(s) finished, nothing promoted; "
                           f"run the same command to resume (finished trials are kept)", name)
+
+    def interrupted(self) -> Interrupted:
+        """The Interrupted for a KeyboardInterrupt outside a fit, naming the phase it stopped."""
+        name = self.signal_name or "SIGINT"
+        kept = ("nothing was promoted; the previous promoted model (if any) is unchanged" if self.phase != "report"
+                else "the model is promoted; rerun the report with: python -m medsweep.report <run dir>")
+        return Interrupted(f"interrupted ({name}) during {self.phase}: {kept}; run the same command to resume "
+                           f"(finished trials are kept)", name)
+
+
+def fit(tuner, planned: int, what: str = "sweep"):
+    """`tuner.fit()` under the driver's Stop (if one is active): a signal during the fit, or trials
+    left unfinished, end the run as Interrupted (resumable) instead of going on with partial results."""
+    results = tuner.fit()
+    stop = Stop.active
+    if stop is not None:
+        stop.after_fit()
+        stop.check(results, planned, what)
+    return results

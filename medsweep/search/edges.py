@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import math
 
-from medsweep.search.ranking import objectives, rank, sweep_candidates
 from medsweep.search.space import flatten
 
 EDGE_FRACTION = 0.1
@@ -46,17 +45,14 @@ def _leaf(params: dict, path: str):
     return node
 
 
-def range_hints(results, config: dict) -> list[dict]:
-    """What the sweep's best trial says about its ranges: one dict per hint, with a `message` a
-    person can act on ("widen trainer.learning_rate above 0.005 ...")."""
-    sweep = config["sweep"]
-    leaves = flatten(sweep["search_space"])
-    results = list(results)
-    try:
-        candidates = rank(sweep_candidates(results, config), objectives(sweep), use_mean=False)
-    except RuntimeError:  # no trial kept a checkpoint: nothing to say about ranges
+def range_hints(best, results, config: dict) -> list[dict]:
+    """What the sweep's best trial (`best`: promotion.ranking's Candidate, ranked first; None when
+    no trial kept a checkpoint) says about its ranges: one dict per hint, with a `message` a person
+    can act on ("widen trainer.learning_rate above 0.005 ...")."""
+    if best is None:
         return []
-    best = candidates[0]
+    leaves = flatten(config["sweep"]["search_space"])
+    results = list(results)
     hints = []
     for path, spec in leaves.items():
         value = _leaf(best.params, path)
@@ -142,21 +138,21 @@ def print_hints(hints: list[dict]) -> None:
         print(f"[medsweep] search range: {hint['message']}", flush=True)
 
 
-def follow_up_round(config: dict, results, splits, **run_kwargs):
-    """sweep.extend_edges: when the best trial sat at a range's edge, one more round of
-    sweep.num_trials with those ranges moved past it (Ray experiment `sweep_extended`, the same
-    leaderboard). Returns both rounds' results and the config of the round that ran last (its
+def follow_up_round(plan, results, hints: list[dict], **run_kwargs):
+    """sweep.extend_edges: when the best trial sat at a range's edge (`hints`, from range_hints), one
+    more round of sweep.num_trials with those ranges moved past it (Ray experiment `sweep_extended`,
+    the same leaderboard). Returns both rounds' results and the plan of the round that ran last (its
     ranges are what the promoted model's record shows); `run_kwargs` go to run_sweep."""
+    from medsweep.rundir import EXTENDED_EXPERIMENT
     from medsweep.search import sweep
-    from medsweep.training.imbalance import max_training_rows
 
-    extended = extended_config(config, range_hints(results, config))
+    config = plan.config
+    extended = extended_config(config, hints)
     if extended is None:
         print("[medsweep] sweep.extend_edges: no best trial at a range's edge, no follow-up round", flush=True)
-        return results, config
+        return results, plan
     print(f"[medsweep] sweep.extend_edges: follow-up round of {config['sweep']['num_trials']} trial(s) with "
           f"{describe_moves(config, extended)}", flush=True)
-    space = sweep.build_search_space(extended["sweep"]["search_space"], extended)
-    more = sweep.run_sweep(extended, space, num_train=max_training_rows(splits.train, extended),
-                           experiment=sweep.EXTENDED_EXPERIMENT, **run_kwargs)
-    return [*results, *more], extended
+    extended_plan = plan.with_config(extended)
+    more = sweep.run_sweep(extended_plan, experiment=EXTENDED_EXPERIMENT, **run_kwargs)
+    return [*results, *more], extended_plan

@@ -19,9 +19,7 @@ import warnings
 from pathlib import Path
 
 from medsweep.config import ConfigError
-
-JOURNAL_FILE = "optuna.journal"
-STUDY_FILE = "study.json"
+from medsweep.rundir import JOURNAL_FILE, STUDY_FILE, RunDir, atomic_write
 # User attributes medsweep sets on the Optuna trials it creates.
 RAY_TRIAL = "ray_trial_id"
 EXPERIMENT = "medsweep_experiment"
@@ -36,7 +34,7 @@ def is_url(storage: str) -> bool:
 def storage_url(config: dict) -> str:
     """sweep.storage, or the journal file in the run dir (absolute: Ray's workers and a dashboard
     started elsewhere read the same file)."""
-    return config["sweep"]["storage"] or str(Path(config["run_dir"]).resolve() / JOURNAL_FILE)
+    return config["sweep"]["storage"] or str(RunDir.of(config).journal)
 
 
 def study_name(config: dict) -> str:
@@ -64,9 +62,18 @@ def redacted(url: str) -> str:
 
 
 def directions(sweep: dict) -> list[str]:
-    from medsweep.search.ranking import objectives
+    from medsweep.plan import objectives
 
-    return ["maximize" if mode == "max" else "minimize" for _, mode in objectives(sweep)]
+    return [objective.direction for objective in objectives(sweep)]
+
+
+def recorded_objectives(config: dict) -> dict:
+    """What study.json records of the objective (and a warm start compares): the primary metric and
+    mode, and the multi-objective lists as configured."""
+    from medsweep.plan import primary
+
+    sweep, first = config["sweep"], primary(config)
+    return {"metric": first.metric, "mode": first.mode, "metrics": list(sweep["metrics"]), "modes": list(sweep["modes"])}
 
 
 def check_storage(config: dict) -> None:
@@ -99,10 +106,9 @@ def write_study_file(config: dict, experiment: str) -> None:
     sweep = config["sweep"]
     run_dir = Path(config["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / STUDY_FILE).write_text(json.dumps({
+    atomic_write(RunDir(run_dir).study_file, json.dumps({
         "storage": redacted(storage_url(config)), "study_name": study_name(config), "experiment": experiment,
-        "metric": sweep["metric"], "mode": sweep["mode"], "metrics": list(sweep["metrics"]),
-        "modes": list(sweep["modes"]), "search_space": sweep["search_space"],
+        **recorded_objectives(config), "search_space": sweep["search_space"],
         "dashboard": f"optuna-dashboard {redacted(storage_url(config))}",
     }, indent=2, default=str))
 
@@ -269,27 +275,28 @@ def warm_start_trials(config: dict, fingerprints: dict | None = None) -> list:
     if sweep["searcher"] != "optuna":
         raise ConfigError("sweep.warm_start needs sweep.searcher=optuna (it hands TPE the earlier trials)")
     distributions = OptunaSearch.convert_search_space(build_search_space(sweep["search_space"], config))
+    primary_mode = recorded_objectives(config)["mode"]
     out = []
     for source in sweep["warm_start"]:
         run_dir = Path(source).expanduser().resolve()
         if not run_dir.is_dir():
             raise ConfigError(f"sweep.warm_start: {source} is not a run directory")
-        recorded = read_json(run_dir / STUDY_FILE, "the study record a sweep writes")
+        recorded = read_json(RunDir(run_dir).study_file, "the study record a sweep writes")
         if fingerprints is not None:
-            earlier = read_json(run_dir / "data_summary.json", "the split fingerprints").get("fingerprints", {})
+            earlier = read_json(RunDir(run_dir).data_summary, "the split fingerprints").get("fingerprints", {})
             for split in ("train", "validation", "test"):
                 if earlier.get(split) != fingerprints.get(split):
                     raise ConfigError(f"sweep.warm_start: {source} used a different {split} split "
                                       f"(fingerprint {earlier.get(split)} vs {fingerprints.get(split)}): its scores are not comparable")
-        for key in ("metric", "mode", "metrics", "modes"):
-            if recorded.get(key) != (list(sweep[key]) if isinstance(sweep[key], list) else sweep[key]):
+        for key, value in recorded_objectives(config).items():
+            if recorded.get(key) != value:
                 raise ConfigError(f"sweep.warm_start: {source} optimised sweep.{key}={recorded.get(key)!r}, "
-                                  f"this sweep {sweep[key]!r}")
-        url = recorded.get("storage") or str(run_dir / JOURNAL_FILE)
+                                  f"this sweep {value!r}")
+        url = recorded.get("storage") or str(RunDir(run_dir).journal)
         if is_url(url) and url == redacted(storage_url(config)):
             url = storage_url(config)  # the same database as this sweep's: the URL with its password
         if not is_url(url) and not Path(url).is_file():
-            url = str(run_dir / JOURNAL_FILE)  # the run dir was moved since
+            url = str(RunDir(run_dir).journal)  # the run dir was moved since
             if not Path(url).is_file():
                 raise ConfigError(f"sweep.warm_start: {source} has no Optuna study ({JOURNAL_FILE})")
         try:
@@ -302,7 +309,7 @@ def warm_start_trials(config: dict, fingerprints: dict | None = None) -> list:
                 continue  # that sweep's own warm start: take it from its source, once
             check_dimensions(source, frozen.params, distributions)
             value = (frozen.values if len(directions(sweep)) > 1 else
-                     best_intermediate(frozen, sweep["mode"]) if frozen.intermediate_values else frozen.value)
+                     best_intermediate(frozen, primary_mode) if frozen.intermediate_values else frozen.value)
             if frozen.state not in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) or value is None:
                 continue
             out.append(optuna.trial.create_trial(

@@ -5,7 +5,6 @@ A run without a search space is the same path with one trial.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import socket
@@ -14,14 +13,15 @@ from pathlib import Path
 from medsweep import data
 from medsweep.config import ConfigError, validate
 from medsweep.evaluation.metrics import BINARY_METRIC_NAMES, METRIC_NAMES, PER_CLASS_F1, WORST_GROUP_METRIC_NAMES, metric_names
-from medsweep.search import resources, study
-from medsweep.search.ranking import objectives
-from medsweep.search.space import apply_overrides, build_search_space, define_by_run, flatten, is_conditional, sweep_points
+from medsweep.plan import Plan, objectives, primary
+from medsweep.rundir import EXTENDED_EXPERIMENT, SWEEP_EXPERIMENT, RunDir
+from medsweep.search import driver, resources, study
+from medsweep.search.space import SearchSpace, apply_overrides, sweep_points
+from medsweep.training.imbalance import max_training_rows
 from medsweep.training.model import check_available, check_lora_targets
 from medsweep.training.precision import check_precision
 
-EXPERIMENT_NAME = "sweep"
-EXTENDED_EXPERIMENT = "sweep_extended"  # the follow-up round of sweep.extend_edges (medsweep/search/edges.py)
+EXPERIMENT_NAME = SWEEP_EXPERIMENT  # kept: experiment scripts name the first round by it
 # Names a trial can report; which of them a task reports depends on its classes (metric_names):
 # binary tasks add sensitivity/specificity, and per-class F1 is val_f1_class_<index>.
 REPORTED_METRICS = tuple(f"val_{name}" for name in METRIC_NAMES + BINARY_METRIC_NAMES)
@@ -72,7 +72,7 @@ def check_metric_names(config: dict, num_classes: int | None = None) -> None:
     """Every objective must be a metric trials report (for this task, once its classes are known)."""
     grouped = bool(config["data"]["group_columns"])
     allowed = list(REPORTED_METRICS) + [f"val_{PER_CLASS_F1}<index>"]
-    for metric, _ in objectives(config["sweep"]):
+    for metric in (objective.metric for objective in objectives(config)):
         if metric[len("val_"):] in WORST_GROUP_METRIC_NAMES and metric.startswith("val_"):
             if not grouped:
                 raise ConfigError(f"sweep.metric {metric!r} needs data.group_columns (the groups to take the worst of)")
@@ -86,16 +86,15 @@ def check_metric_names(config: dict, num_classes: int | None = None) -> None:
                               f"it reports {['val_' + n for n in metric_names(num_classes, grouped)]}")
 
 
-def preflight(config: dict) -> tuple[dict, data.DataSplits]:
-    """Everything that can be checked before Ray starts. Raises ConfigError with one sentence."""
+def preflight(config: dict) -> Plan:
+    """Everything that can be checked before Ray starts, then the plan every later stage reads.
+    Raises ConfigError with one sentence. The data is read here, once per sweep."""
     validate(config)
     check_precision(config["model"], config["cluster"])
     sweep = config["sweep"]
-    if sweep["metrics"]:
-        # The primary objective drives everything single-metric (ASHA, checkpoints, leaderboard).
-        sweep["metric"], sweep["mode"] = sweep["metrics"][0], sweep["modes"][0]
     check_metric_names(config)
-    space = build_search_space(sweep["search_space"], config)
+    space = SearchSpace(sweep["search_space"])
+    space.ray(config)  # checks every dimension against the config it overrides
     sweep_points(config)
     if sweep["num_trials"] > 1 and not space:
         raise ConfigError("sweep.num_trials > 1 but sweep.search_space is empty: every trial would be the same")
@@ -107,7 +106,7 @@ def preflight(config: dict) -> tuple[dict, data.DataSplits]:
     else:
         check_reachable(cluster["address"])
     # A space that searches model.finetune can draw LoRA trials: check their targets too.
-    can_draw_lora = "lora" in (flatten(sweep["search_space"]).get("model.finetune") or {}).get("values", [])
+    can_draw_lora = "lora" in space.values("model.finetune")
     check_available(config["model"]["name_or_path"], config["model"]["revision"], config["model"]["trust_remote_code"])
     check_lora_targets(dict(config["model"], finetune="lora") if can_draw_lora else config["model"], sweep["search_space"])
     splits = data.load_splits(config["data"])
@@ -115,7 +114,8 @@ def preflight(config: dict) -> tuple[dict, data.DataSplits]:
     if space and sweep["searcher"] == "optuna":
         study.check_storage(config)
     study.warm_start_trials(config, splits.fingerprints)  # refused here, before Ray, if not comparable
-    return space, splits
+    return Plan(config=config, objectives=objectives(config), space=space, splits=splits, run_dir=RunDir.of(config),
+                num_train=max_training_rows(splits.train, config))
 
 
 def check_reachable(address: str) -> None:
@@ -154,33 +154,35 @@ def init_ray(cluster: dict) -> None:
             raise ConfigError(f"cannot connect to the Ray cluster at {cluster['address']!r}: {exc}") from None
 
 
-def build_searcher(config: dict, space: dict, experiment: str = EXPERIMENT_NAME):
+def build_searcher(config: dict, space: dict, experiment: str = SWEEP_EXPERIMENT):
+    """The searcher of an experiment: Optuna's TPE recording into the sweep's study (study.py), or
+    Ray's random search. `space`: the Tune domains (SearchSpace.ray)."""
     from ray.tune.search import BasicVariantGenerator
     from ray.tune.utils.util import unflatten_dict
 
     sweep = config["sweep"]
     # The given points, then the base configuration (never worse than not sweeping).
     points, _ = sweep_points(config)
-    # A conditional space (model.finetune searched) is sampled define-by-run; Tune then gets no param_space.
-    conditional = define_by_run(sweep["search_space"])
     if space and sweep["searcher"] == "optuna":
         import optuna
 
         # TPE seeded: the same sweep proposes the same trials (up to Ray's scheduling order).
         sampler = optuna.samplers.TPESampler(seed=sweep["seed"], n_startup_trials=startup_trials(sweep))
-        targets = objectives(sweep)
+        targets = objectives(config)
         # The study lives in storage others can read (study.py): a dashboard, another driver, a warm start.
         recorded = {"study_name": study.study_name(config), "storage": study.open_storage(study.storage_url(config)),
-                    "experiment": experiment_path(config, experiment), "warm_trials": study.warm_start_trials(config)}
+                    "experiment": RunDir.of(config).experiment(experiment), "warm_trials": study.warm_start_trials(config),
+                    "sampler": sampler, "points_to_evaluate": points or None}
+        # A conditional space (model.finetune searched) is sampled define-by-run; Tune then gets no param_space.
+        conditional = SearchSpace(sweep["search_space"]).define_by_run()
         if len(targets) > 1:
             # Multi-objective: Ray's OptunaSearch takes the lists itself (not TuneConfig) and tells
             # Optuna each trial's last reported values.
-            return study.make_searcher(space=conditional, metric=[m for m, _ in targets], mode=[m for _, m in targets],
-                                       sampler=sampler, points_to_evaluate=points or None, **recorded)
+            return study.make_searcher(space=conditional, metric=[t.metric for t in targets],
+                                       mode=[t.mode for t in targets], **recorded)
         if conditional is not None:
-            return study.make_searcher(space=conditional, metric=sweep["metric"], mode=sweep["mode"], sampler=sampler,
-                                       points_to_evaluate=points or None, **recorded)
-        return study.make_searcher(sampler=sampler, points_to_evaluate=points or None, **recorded)
+            return study.make_searcher(space=conditional, metric=targets[0].metric, mode=targets[0].mode, **recorded)
+        return study.make_searcher(**recorded)
     # The random searcher takes the points nested, as the param space is.
     nested = [unflatten_dict(point, delimiter="/") for point in points]
     # Tune ignores TuneConfig.max_concurrent_trials for this generator: it takes the limit itself.
@@ -197,14 +199,8 @@ def startup_trials(sweep: dict) -> int:
 
 
 def trainer_extreme(config: dict, key: str, largest: bool):
-    """The largest (or smallest) value trainer.<key> can take in this sweep: its search dimension's
-    bound, or the configured value when it is not searched."""
-    spec = flatten(config["sweep"]["search_space"]).get(f"trainer.{key}")
-    if spec is None:
-        return config["trainer"][key]
-    if spec["type"] == "choice":
-        return (max if largest else min)(spec["values"])
-    return spec["upper"] if largest else spec["lower"]
+    """The largest (or smallest) value trainer.<key> can take in this sweep (SearchSpace.extreme)."""
+    return SearchSpace(config["sweep"]["search_space"]).extreme(f"trainer.{key}", config, largest)
 
 
 def max_evaluations(config: dict, num_train: int) -> int:
@@ -236,20 +232,21 @@ def build_scheduler(config: dict, num_train: int):
         return FIFOScheduler()
     # The schedulers rank trials by one number: with several objectives TuneConfig names no metric,
     # and the scheduler is given the primary one (Ray refuses a metric set in both places).
-    primary = {"metric": sweep["metric"], "mode": sweep["mode"]} if len(objectives(sweep)) > 1 else {}
+    first, targets = primary(config), objectives(config)
+    primary_only = {"metric": first.metric, "mode": first.mode} if len(targets) > 1 else {}
     max_t = max_evaluations(config, num_train)
     if name == "hyperband":
         # Synchronous brackets: trials pause at each rung until their bracket is complete, then the
         # best 1/reduction_factor continue from their checkpoint (tune_trial resumes from it).
         return HyperBandScheduler(time_attr="training_iteration", max_t=max_t,
-                                  reduction_factor=sweep["reduction_factor"], **primary)
+                                  reduction_factor=sweep["reduction_factor"], **primary_only)
     if name == "median":
         return MedianStoppingRule(time_attr="training_iteration", grace_period=sweep["grace_period"],
-                                  min_samples_required=2, **primary)
+                                  min_samples_required=2, **primary_only)
     hint = first_rung_hint(config)
     if hint:
         print(f"[medsweep] early stopping: {hint}", flush=True)
-    return ASHAScheduler(time_attr="training_iteration", max_t=max_t, **primary,
+    return ASHAScheduler(time_attr="training_iteration", max_t=max_t, **primary_only,
                          grace_period=sweep["grace_period"], reduction_factor=sweep["reduction_factor"])
 
 
@@ -280,16 +277,16 @@ def build_tuner(config: dict, function, param_space: dict, name: str, *, tune_co
     retries and console."""
     from ray import tune
 
-    sweep = config["sweep"]
+    sweep, objective = config["sweep"], primary(config)
     return tune.Tuner(
         trainable_of(config, function, **(trainable_kwargs or {})),
         param_space=param_space,
         tune_config=tune.TuneConfig(reuse_actors=config["cluster"]["reuse_actors"], **tune_config),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=storage_path(config),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=sweep["metric"],
-                                                    checkpoint_score_order=sweep["mode"]),
+            storage_path=RunDir.of(config).ray_storage,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=objective.metric,
+                                                    checkpoint_score_order=objective.mode),
             # A failed trial (node lost, transient error) is retried from its last checkpoint.
             failure_config=tune.FailureConfig(max_failures=sweep["max_failures"]),
             callbacks=list(callbacks),
@@ -314,16 +311,6 @@ def trainable_of(config: dict, function, **parameters):
                                {"cpu": cluster["cpus_per_trial"], "gpu": cluster["gpus_per_trial"]})
 
 
-def experiment_path(config: dict, name: str = EXPERIMENT_NAME) -> str:
-    """Ray's experiment folder of the sweep (what Tuner.restore resumes)."""
-    return f"{storage_path(config).rstrip('/')}/{name}"
-
-
-def storage_path(config: dict) -> str:
-    """Where Ray keeps trial results and checkpoints: cluster.storage_path, or <run dir>/ray."""
-    return config["cluster"]["storage_path"] or str(Path(config["run_dir"]).resolve() / "ray")
-
-
 def console(config: dict, parameters: dict[str, str], metrics: dict[str, str], seed_reruns: bool = False):
     from medsweep.search.console import PROMOTION_S, SweepConsole
 
@@ -331,14 +318,16 @@ def console(config: dict, parameters: dict[str, str], metrics: dict[str, str], s
     # The ETA counts what follows this experiment: the seed re-runs (seeds.choose) and promotion.
     later = (min(promote["top_k"], sweep["num_trials"]) * len(promote["seeds"])
              if promote["enabled"] and promote["seeds"] and sweep["num_trials"] > 1 and not seed_reruns else 0)
-    return SweepConsole(parameters, metrics, sweep["metric"], sweep["mode"], concurrency=sweep["max_concurrent"],
+    objective = primary(config)
+    return SweepConsole(parameters, metrics, objective.metric, objective.mode, concurrency=sweep["max_concurrent"],
                         later_trials=later, later_s=PROMOTION_S if promote["enabled"] else 0.0)
 
 
-def run_sweep(config: dict, space: dict, num_train: int, trainable_fn=tune_trial, callbacks: list = (),
-              experiment: str = EXPERIMENT_NAME):
-    """Run all trials; returns Ray's ResultGrid. The leaderboard is written as trials finish;
-    `callbacks` (the trackers' Ray callbacks) see every result too."""
+def run_sweep(plan: Plan, trainable_fn=tune_trial, callbacks: list = (), experiment: str = SWEEP_EXPERIMENT,
+              param_space: dict | None = None):
+    """Run all trials of the plan; returns Ray's ResultGrid. The leaderboard is written as trials
+    finish; `callbacks` (the trackers' Ray callbacks) see every result too. `param_space`: Tune
+    domains to search instead of the plan's (a grid, in tests and experiment scripts)."""
     from ray import tune
     from ray.tune.search import Searcher
 
@@ -347,43 +336,43 @@ def run_sweep(config: dict, space: dict, num_train: int, trainable_fn=tune_trial
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # The classic output path: Tune then calls our ProgressReporter instead of its own boxes.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    sweep = config["sweep"]
-    param_names = sorted(flatten(sweep["search_space"]))
-    leaderboard = Leaderboard(Path(config["run_dir"]).resolve(), sweep["metric"], sweep["mode"], param_names)
+    config, sweep, space = plan.config, plan.config["sweep"], plan.space
+    leaderboard = Leaderboard(plan.run_dir.root.resolve(), plan.metric, plan.mode, space.names)
     # Show "lora.r" rather than "model.lora.r".
-    reporter = console(config, {name: name.split(".", 1)[-1] for name in param_names},
-                       {**{m: m for m, _ in objectives(sweep)}, "evaluation": "evals", "step": "step"})
-    name, experiment = experiment, experiment_path(config, experiment)
+    reporter = console(config, {name: name.split(".", 1)[-1] for name in space.names},
+                       {**{o.metric: o.metric for o in plan.objectives}, "evaluation": "evals", "step": "step"})
+    name, experiment = experiment, plan.run_dir.experiment(experiment)
+    domains = space.ray(config) if param_space is None else param_space
     # A conditional space lives in the searcher (define-by-run); Tune must not get it as well.
-    param_space = {} if is_conditional(sweep["search_space"]) else space
+    param_space = {} if space.conditional else domains
     if tune.Tuner.can_restore(experiment):
         # Same command, same run dir: pick the sweep up where it stopped. Finished trials are
         # kept; unfinished ones continue from their last checkpoint; Optuna's state is restored.
         print(f"[medsweep] resuming the sweep in {experiment}: {len(leaderboard.rows)} trial(s) already finished",
               flush=True)
-        return tune.Tuner.restore(experiment, trainable=trainable_of(config, trainable_fn), param_space=param_space,
-                                  resume_unfinished=True, resume_errored=False, restart_errored=False).fit()
-    # With several objectives the searcher holds the metric lists and Tune must not set one metric on it.
-    multi = len(objectives(sweep)) > 1
-    searcher = build_searcher(config, space, name)
+        restored = tune.Tuner.restore(experiment, trainable=trainable_of(config, trainable_fn), param_space=param_space,
+                                      resume_unfinished=True, resume_errored=False, restart_errored=False)
+        return driver.fit(restored, sweep["num_trials"], "sweep")
+    searcher = build_searcher(config, domains, name)
     _, note = sweep_points(config)
     if note:
         print(f"[medsweep] {note}", flush=True)
     if isinstance(searcher, Searcher):
         study.write_study_file(config, experiment)
         callbacks = [study.closer(config, experiment), *callbacks]
-    stopper = time_budget(config, num_train)
+    stopper = time_budget(config, plan.num_train)
     if stopper is not None:
         from medsweep.search.budget import CheckpointsInFlight
 
         callbacks = [CheckpointsInFlight(config["run_dir"]), *callbacks]
+    # With several objectives the searcher holds the metric lists and Tune must not set one metric on it.
     tuner = build_tuner(config, trainable_fn, param_space, name, reporter=reporter,
                         callbacks=[leaderboard, *callbacks], stop=stopper,
-                        tune_config={"metric": None if multi else sweep["metric"], "mode": None if multi else sweep["mode"],
+                        tune_config={"metric": None if plan.multi else plan.metric, "mode": None if plan.multi else plan.mode,
                                      "num_samples": sweep["num_trials"], "search_alg": searcher,
                                      "max_concurrent_trials": sweep["max_concurrent"] if isinstance(searcher, Searcher) else None,
-                                     "scheduler": build_scheduler(config, num_train)})
-    return tuner.fit()
+                                     "scheduler": build_scheduler(config, plan.num_train)})
+    return driver.fit(tuner, sweep["num_trials"], "sweep")
 
 
 def time_budget(config: dict, num_train: int):
@@ -399,8 +388,3 @@ def time_budget(config: dict, num_train: int):
                                   full_evaluations=max_evaluations(config, num_train))
     stopper.start()
     return stopper
-
-
-def write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, default=str))

@@ -27,6 +27,8 @@ from medsweep.data import cache
 from medsweep.evaluation import metrics, subgroups
 from medsweep.evaluation.metrics import is_metric_name
 from medsweep.hf import DIGEST_FIELD, quiet_libraries, weight_digests
+from medsweep.plan import primary
+from medsweep.rundir import RunDir
 from medsweep.training import augment, imbalance, precision, progress
 from medsweep.training.model import TRIAL_FILE, build_model, count_parameters, load_tokenizer, read_checkpoint_info
 
@@ -169,7 +171,7 @@ class TrialData:
 
 
 def token_cache_dir(config: dict) -> Path | None:
-    return Path(config["run_dir"]) / "cache" / "tokens" if config["data"].get("cache", True) else None
+    return RunDir.of(config).token_cache if config["data"].get("cache", True) else None
 
 
 def prepare_data(config: dict, trainer_cfg: dict) -> TrialData:
@@ -277,7 +279,7 @@ def run_trial(config: dict, on_evaluation: Optional[EvaluationHook] = None,
     train_output, net = fit(config, trainer_cfg, prepared, reporter, dtype, save=on_evaluation is not None,
                             resume_from=resume_from)
     return {
-        "best": best_evaluation(reporter.history, config["sweep"]["metric"], config["sweep"]["mode"]),
+        "best": best_evaluation(reporter.history, *primary(config)),
         "history": reporter.history,
         "train_loss": float(train_output.training_loss),
         "train_runtime": float(train_output.metrics["train_runtime"]),

@@ -91,5 +91,6 @@ def test_lr_lora_preflight_on_the_rare_corpus(tmp_path):
     config = compose_config(["+sweep=lr_lora", "model=tiny_random", "data=csv", f"data.path={path}",
                              "data.text_column=medical_abstract", "data.label_column=label", "data.split_column=part",
                              "data.max_eval_samples=100"], run_dir=tmp_path)
-    _, splits = sweep.preflight(config)
+    plan = sweep.preflight(config)
+    splits = plan.splits
     assert len(splits.validation) == 100 and splits.summary["class_counts"]["validation"]["rare_e"] == 1

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from medsweep.evaluation import subgroups
-from medsweep.release.model_card import subgroup_section
+from medsweep.promotion.card import subgroup_section
 from medsweep import data
 from medsweep.config import ConfigError, validate
 from tests.conftest import SHARED_DATA, compose_config

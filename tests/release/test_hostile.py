@@ -174,7 +174,7 @@ def test_a_changed_checkpoint_weight_file_is_detected(tiny_model, tmp_path):
 @pytest.mark.parametrize("kind", ["remote_code_config", "pickle_only_weights"])
 def test_a_hostile_checkpoint_is_refused_at_promotion(kind, tiny_model, tmp_path):
     """A checkpoint folder is read the same way: promotion refuses it before anything runs or is written."""
-    from medsweep.release.promote import promote_checkpoint
+    from medsweep.promotion.release import promote_checkpoint
 
     folder, marker = hostile(kind, tiny_model, tmp_path)
     (folder / "trial.json").write_text(json.dumps({"metrics": {"evaluation": 1}, "config": {"model": {}},

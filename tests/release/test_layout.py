@@ -11,7 +11,7 @@ import pytest
 
 from medsweep import data
 from medsweep.release import layout
-from medsweep.release.promote import promote_checkpoint
+from medsweep.promotion.release import promote_checkpoint
 from medsweep.serving import predict, serve
 from medsweep.serving.inference import load_promoted
 from medsweep.training import precision

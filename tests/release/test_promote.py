@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import ray
 
-from medsweep.release import promote
-from medsweep.release.promote import promote_checkpoint
-from medsweep.search import ranking, sweep
+from medsweep.promotion import ranking, release
+from medsweep.promotion.release import promote_checkpoint
+from medsweep.release import store
+from medsweep.search import sweep
 from tests.conftest import TINY, compose_config
 
 
@@ -21,7 +22,7 @@ def ray_local():
 @pytest.mark.slow  # a real Ray sweep of ~20-40 s; keeps the default suite under 10 min (`make test-slow`)
 def test_promotion_takes_the_peak_step_not_the_last(tmp_path, ray_local):
     config = compose_config(TINY + ["trainer.epochs=3", "cluster.num_cpus=1"], run_dir=tmp_path)
-    space, splits = sweep.preflight(config)
+    plan = sweep.preflight(config)
 
     def peaked_trial(sampled, base_config):
         # Real training and real checkpoints; only the score is scripted, so that the best
@@ -39,7 +40,7 @@ def test_promotion_takes_the_peak_step_not_the_last(tmp_path, ray_local):
 
         run_trial(apply_overrides(base_config, sampled), on_evaluation=report)
 
-    results = sweep.run_sweep(config, space, num_train=len(splits.train), trainable_fn=peaked_trial)
+    results = sweep.run_sweep(plan, trainable_fn=peaked_trial)
     (best,) = results
     assert best.metrics_dataframe["val_f1_macro"].tolist() == [0.2, 0.6, 0.4]
     with ranking.kept_run(best, config, origin="sweep").checkpoint.as_directory() as directory:
@@ -76,7 +77,7 @@ def version_dirs(run_dir: Path) -> list[str]:
 
 
 def history_versions(run_dir: Path) -> list[str]:
-    return [e["version"] for e in promote.read_history(run_dir)]
+    return [e["version"] for e in store.read_history(run_dir)]
 
 
 # Every step of a promotion, from scoring the test split to recording it in the history.
@@ -95,7 +96,8 @@ def test_a_crash_during_promotion_leaves_the_previous_model_loadable(two_checkpo
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(promote, step, crash)
+    # The test split and the card are the release's steps; the link and the history the store's.
+    monkeypatch.setattr(release if step in ("evaluate_test_split", "write_model_card") else store, step, crash)
     with pytest.raises(RuntimeError, match="disk full"):
         promote_checkpoint(checkpoints[1], run_dir)
     if step == "record_history":
@@ -120,7 +122,7 @@ def test_a_crash_during_promotion_leaves_the_previous_model_loadable(two_checkpo
         "record_history": (["v001", "v002", "v003"], ["v001", "v002", "v003"]),  # v002's line recovered
     }[step]
     assert (version_dirs(run_dir), history_versions(run_dir)) == expected
-    history = promote.read_history(run_dir)
+    history = store.read_history(run_dir)
     assert history[-1]["previous_version"] == history[-2]["version"]
     assert latest.resolve().name == history[-1]["version"]
 

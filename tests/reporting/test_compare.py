@@ -12,7 +12,7 @@ import pytest
 from scipy.stats import binomtest
 
 from medsweep.release import layout
-from medsweep.release.promote import promote_checkpoint
+from medsweep.promotion.release import promote_checkpoint
 from medsweep.reporting import compare
 from medsweep.training.trial import run_trial
 from tests.conftest import ROOT, TINY, compose_config

@@ -34,8 +34,8 @@ def cluster_config(cluster, tmp_path, extra=()):
 def test_trials_land_on_both_nodes(two_nodes, tmp_path):
     cluster, worker = two_nodes
     config = cluster_config(cluster, tmp_path)
-    space, splits = sweep.preflight(config)
-    results = sweep.run_sweep(config, space, num_train=len(splits.train))
+    plan = sweep.preflight(config)
+    results = sweep.run_sweep(plan)
     assert all(r.error is None for r in results)
     nodes = {r.metrics["node_id"] for r in results}
     assert nodes == {cluster.head_node.node_id, worker.node_id}
@@ -45,7 +45,7 @@ def test_trials_land_on_both_nodes(two_nodes, tmp_path):
 def test_losing_a_worker_node_mid_trial_retries_the_trial(two_nodes, tmp_path):
     cluster, worker = two_nodes
     config = cluster_config(cluster, tmp_path, ["trainer.epochs=4", "sweep.max_failures=2", "sweep.scheduler=none"])
-    space, splits = sweep.preflight(config)
+    plan = sweep.preflight(config)
     killed = threading.Event()
 
     def kill_worker_after_its_first_report():
@@ -61,7 +61,7 @@ def test_losing_a_worker_node_mid_trial_retries_the_trial(two_nodes, tmp_path):
 
     watcher = threading.Thread(target=kill_worker_after_its_first_report, daemon=True)
     watcher.start()
-    results = sweep.run_sweep(config, space, num_train=len(splits.train))
+    results = sweep.run_sweep(plan)
     watcher.join(timeout=10)
     assert killed.is_set(), "the worker node never ran a trial"
     assert len(results) == 2 and all(r.error is None for r in results)

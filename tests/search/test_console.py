@@ -77,7 +77,7 @@ def test_console_shows_steps_and_eta_of_a_running_trial_before_its_first_evaluat
     # One real trial of 60 optimizer steps and a single evaluation, at its end.
     config = compose_config(TINY + ["trainer.epochs=1", "data.max_train_samples=960", "cluster.num_cpus=1"],
                             run_dir=tmp_path)
-    space, splits = sweep.preflight(config)
+    plan = sweep.preflight(config)
     stream = io.StringIO()
     built = []
 
@@ -89,7 +89,7 @@ def test_console_shows_steps_and_eta_of_a_running_trial_before_its_first_evaluat
 
     sweep_console = sweep.console
     monkeypatch.setattr(sweep, "console", fast_console)
-    sweep.run_sweep(config, space, num_train=len(splits.train))
+    sweep.run_sweep(plan)
     out = stream.getvalue()
     assert isinstance(built[0], SweepConsole) and built[0].later_s == console_module.PROMOTION_S
 

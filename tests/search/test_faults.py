@@ -57,7 +57,7 @@ def test_points_to_evaluate_must_set_every_dimension():
 @pytest.mark.slow  # a real Ray sweep of ~20-40 s; keeps the default suite under 10 min (`make test-slow`)
 def test_a_crashed_trial_is_retried_from_its_last_checkpoint(tmp_path, ray_cleanup):
     config = compose_config(TINY + ["trainer.epochs=3", "cluster.num_cpus=1", "sweep.max_failures=1"], run_dir=tmp_path)
-    space, splits = sweep.preflight(config)
+    plan = sweep.preflight(config)
     marker = tmp_path / "crashed-once"
 
     def flaky_trial(sampled, base_config):
@@ -76,7 +76,7 @@ def test_a_crashed_trial_is_retried_from_its_last_checkpoint(tmp_path, ray_clean
         trial_module.EvaluationReporter.on_save = on_save
         tune_trial(sampled, base_config)
 
-    results = sweep.run_sweep(config, space, num_train=len(splits.train), trainable_fn=flaky_trial)
+    results = sweep.run_sweep(plan, trainable_fn=flaky_trial)
     assert marker.exists() and results[0].error is None
     history = results[0].metrics_dataframe
     # Resumed at evaluation 3, not restarted from 1: the retry continued the schedule.
@@ -159,7 +159,7 @@ def test_disk_full_while_saving_a_checkpoint_fails_the_trial_and_keeps_the_promo
     reason on the leaderboard, and the run dir's promoted model (from an earlier run) is untouched."""
     import shutil
 
-    from medsweep.release.promote import promote_checkpoint
+    from medsweep.promotion.release import promote_checkpoint
     from medsweep.serving.inference import load_promoted
 
     run_dir, kept = tmp_path / "run", tmp_path / "kept"
@@ -172,7 +172,7 @@ def test_disk_full_while_saving_a_checkpoint_fails_the_trial_and_keeps_the_promo
     promote_checkpoint(kept, run_dir)  # the earlier model, v001
     before = _tree_digest(run_dir / "promoted-versions")
     config = compose_config(TINY + ["trainer.epochs=3", "cluster.num_cpus=1", "sweep.max_failures=0"], run_dir=run_dir)
-    space, splits = sweep.preflight(config)
+    plan = sweep.preflight(config)
 
     def disk_full_trial(sampled, base_config):
         import errno
@@ -192,7 +192,7 @@ def test_disk_full_while_saving_a_checkpoint_fails_the_trial_and_keeps_the_promo
         Trainer._save_checkpoint = save
         tune_trial(sampled, base_config)
 
-    results = sweep.run_sweep(config, space, num_train=len(splits.train), trainable_fn=disk_full_trial)
+    results = sweep.run_sweep(plan, trainable_fn=disk_full_trial)
     assert results[0].error is not None
     row = leaderboard(run_dir)[0]
     assert row["status"] == "error" and "No space left on device" in row["error"]

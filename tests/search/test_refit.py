@@ -12,7 +12,8 @@ import pytest
 import ray
 
 from medsweep import data
-from medsweep.search import edges, seeds, sweep
+from medsweep.promotion import ranking, reruns, selection, stage
+from medsweep.search import edges, sweep
 from tests.conftest import SHARED_DATA, TINY, compose_config
 
 ROWS = 200  # 140 train / 30 validation / 30 test after the stratified split
@@ -67,20 +68,19 @@ def scripted(score_of_lr):
 def test_refit_trains_the_promoted_model_on_all_training_rows_and_only_those(tmp_path, abstracts, ray_local):
     from ray import tune
 
-    from medsweep.run import promote
-
     config = small_config(abstracts, tmp_path, "sweep.searcher=random", "promote.top_k=1", "promote.refit=true")
-    _, splits = sweep.preflight(config)
+    plan = sweep.preflight(config)
+    splits = plan.splits
     full = data.load_splits(dict(config["data"], max_train_samples=None))
     # The search trains on a strict subset of the training split, never on a validation or test row.
     assert texts(splits.train) < texts(full.train) and len(splits.train) == 40
     assert not texts(full.train) & (texts(full.validation) | texts(full.test))
 
     space = {"trainer": {"learning_rate": tune.grid_search([2e-3, 5e-3])}}
-    results = sweep.run_sweep(config, space, num_train=len(splits.train))
-    chosen = seeds.choose(results, config)
+    results = sweep.run_sweep(plan, param_space=space)
+    chosen = selection.choose(plan, results)
     assert chosen.run.origin == "refit" and chosen.training["refit"]
-    report = promote(chosen, config)
+    report = stage.release_chosen(plan, chosen)
 
     # The promoted weights: trained on exactly the full training split (its row fingerprint), which
     # holds no validation or test row, for one epoch of it (more steps than a search trial ran).
@@ -104,10 +104,10 @@ def test_refit_trains_the_promoted_model_on_all_training_rows_and_only_those(tmp
 
 def test_refit_config_keeps_epochs_and_scales_step_budgets(tmp_path, abstracts):
     config = small_config(abstracts, tmp_path)
-    searched, every = seeds.training_rows(config)
+    searched, every = sweep.preflight(config).training_rows()
     assert searched["rows"] == 40 and every["rows"] > 100
     # The refit config: all rows, same epochs; explicit step budgets scaled by the row ratio.
-    refit = seeds.refit_config(dict(config, trainer=dict(config["trainer"], max_steps=10, eval_every_steps=3)), 40, 140)
+    refit = reruns.refit_config(dict(config, trainer=dict(config["trainer"], max_steps=10, eval_every_steps=3)), 40, 140)
     assert refit["data"]["max_train_samples"] is None and refit["trainer"]["epochs"] == config["trainer"]["epochs"]
     assert (refit["trainer"]["max_steps"], refit["trainer"]["eval_every_steps"]) == (35, 11)
     assert config["data"]["max_train_samples"] == 40  # the search's config is left alone
@@ -120,13 +120,13 @@ def test_a_space_that_can_only_do_worse_promotes_the_base_configuration(tmp_path
                        "lora": {"r": {"type": "choice", "values": [4, 8]}}}}
     config = small_config(abstracts, tmp_path, "trainer.learning_rate=1e-3", "sweep.num_trials=3", "sweep.scheduler=none",
                           "promote.refit=false", space=space)
-    space, splits = sweep.preflight(config)
+    plan = sweep.preflight(config)
 
     def score(lr):
         return 0.9 - abs(math.log10(lr / 1e-3))
 
-    results = sweep.run_sweep(config, space, num_train=len(splits.train), trainable_fn=scripted(score))
-    chosen = seeds.choose(results, config)
+    results = sweep.run_sweep(plan, trainable_fn=scripted(score))
+    chosen = selection.choose(plan, results)
     assert chosen.winner.params == {"trainer": {"learning_rate": 1e-3}, "model": {"finetune": "full"}}
     assert chosen.run.scores["val_f1_macro"] == pytest.approx(0.9)
     assert all(r.metrics["val_f1_macro"] < 0.9 for r in results if r.config != chosen.winner.params)
@@ -140,27 +140,26 @@ def test_a_space_that_can_only_do_worse_promotes_the_base_configuration(tmp_path
 
 @pytest.mark.slow  # two rounds of real trials and a promotion: `make test-slow`
 def test_a_best_trial_at_the_range_edge_is_reported_and_the_follow_up_round_moves_the_range(tmp_path, abstracts, ray_local):
-    from medsweep.run import promote
-
     # The optimum lies above the range: the score keeps growing with the learning rate.
     config = small_config(abstracts, tmp_path, "trainer.learning_rate=9e-4", "sweep.num_trials=2", "sweep.scheduler=none",
                           "sweep.extend_edges=true", "promote.refit=false",
                           space={"trainer": {"learning_rate": {"type": "loguniform", "lower": 1e-4, "upper": 1e-3}}})
-    space, splits = sweep.preflight(config)
+    plan = sweep.preflight(config)
     trainable = scripted(lambda lr: 0.5 + 0.1 * math.log10(lr / 1e-4))
-    results = sweep.run_sweep(config, space, num_train=len(splits.train), trainable_fn=trainable)
-    hints = edges.range_hints(results, config)
+    results = sweep.run_sweep(plan, trainable_fn=trainable)
+    hints = edges.range_hints(ranking.best_candidate(results, config), results, config)
     assert [h["path"] for h in hints if h["kind"] == "range"] == ["trainer.learning_rate"]
     best = hints[0]["value"]
     assert best >= 9e-4 and hints[0]["message"].startswith(f"widen trainer.learning_rate above 0.001: the best trial drew {best:.3g}")
     # The end of the sweep: in metrics.json (range_hints) and the model card.
-    chosen = seeds.choose(results, config)
+    chosen = selection.choose(plan, results)
     assert chosen.range_hints == hints
-    assert promote(chosen, config)["range_hints"] == hints
+    assert stage.release_chosen(plan, chosen)["range_hints"] == hints
     card = (tmp_path / "promoted" / "README.md").read_text()
     assert "## Search range" in card and hints[0]["message"] in card
 
-    combined, extended = edges.follow_up_round(config, results, splits, trainable_fn=trainable)
+    combined, extended_plan = edges.follow_up_round(plan, results, hints, trainable_fn=trainable)
+    extended = extended_plan.config
     moved = extended["sweep"]["search_space"]["trainer"]["learning_rate"]
     assert moved["lower"] == pytest.approx(best) and moved["upper"] == pytest.approx(best * 10)
     second = [r.config["trainer"]["learning_rate"] for r in combined[2:]]
@@ -169,5 +168,5 @@ def test_a_best_trial_at_the_range_edge_is_reported_and_the_follow_up_round_move
     with open(tmp_path / "leaderboard.csv") as f:
         assert len(list(csv.DictReader(f))) == 4  # both rounds on one leaderboard
     rates = [r.config["trainer"]["learning_rate"] for r in combined]
-    winner = seeds.choose(combined, extended).winner
+    winner = selection.choose(extended_plan, combined).winner
     assert winner.params["trainer"]["learning_rate"] == max(rates) > 1e-3  # found beyond the old edge

@@ -9,10 +9,10 @@ import pytest
 import ray
 import yaml
 
-from medsweep.search import ranking, seeds
+from medsweep.promotion import ranking, selection, stage
 from medsweep.search import sweep
-from medsweep.release.promote import promote_checkpoint
-from medsweep.search.ranking import pareto_mask, rank_order
+from medsweep.promotion.release import promote_checkpoint
+from medsweep.promotion.ranking import pareto_mask, rank_order
 from tests.conftest import TINY, compose_config
 
 
@@ -47,7 +47,8 @@ def test_seed_reruns_replace_a_lucky_winner(tmp_path, ray_local):
     config = compose_config(TINY + ["trainer.epochs=1", "data.max_train_samples=48", "cluster.num_cpus=2",
                                     "sweep.searcher=random", "sweep.max_concurrent=2",
                                     "promote.top_k=2", "promote.seeds=[1]"], run_dir=tmp_path)
-    _, splits = sweep.preflight(config)
+    plan = sweep.preflight(config)
+    splits = plan.splits
     # Two fixed configurations (a grid, so that they always differ).
     space = {"trainer": {"learning_rate": tune.grid_search([1e-3, 2e-3])}}
 
@@ -68,11 +69,11 @@ def test_seed_reruns_replace_a_lucky_winner(tmp_path, ray_local):
 
         run_trial(trial_config, on_evaluation=report)
 
-    results = sweep.run_sweep(config, space, num_train=len(splits.train), trainable_fn=scripted_trial)
+    results = sweep.run_sweep(plan, trainable_fn=scripted_trial, param_space=space)
     lucky = ranking.rank_sweep(results, config)[0]
     assert lucky.params["trainer"]["learning_rate"] == 2e-3  # the single best run
 
-    chosen = seeds.choose(results, config, trainable_fn=scripted_trial)
+    chosen = selection.choose(plan, results, trainable_fn=scripted_trial)
     assert chosen.winner.params == {"trainer": {"learning_rate": 1e-3}}
     assert [c.mean("val_f1_macro") for c in chosen.reranked] == pytest.approx([0.71, 0.6])
     # The promoted checkpoint: best run of the winner, here its seed re-run.

@@ -130,9 +130,9 @@ def test_trials_reuse_one_worker_process_and_each_starts_fresh(tmp_path):
     config = compose_config(TINY + ["+sweep=smoke", "sweep.num_trials=3", "sweep.max_concurrent=1",
                                     "sweep.scheduler=none", "cluster.num_cpus=1", "trainer.epochs=2",
                                     "data.max_train_samples=48", "data.max_eval_samples=40"], run_dir=tmp_path)
-    space, splits = sweep.preflight(config)
+    plan = sweep.preflight(config)
     try:
-        results = sweep.run_sweep(config, space, num_train=len(splits.train))
+        results = sweep.run_sweep(plan)
     finally:
         ray.shutdown()
     assert len(results) == 3 and all(r.error is None for r in results)

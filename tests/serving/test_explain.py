@@ -11,7 +11,7 @@ import pytest
 
 from medsweep.serving import explain
 from medsweep.serving.inference import load_promoted
-from medsweep.release.promote import promote_checkpoint
+from medsweep.promotion.release import promote_checkpoint
 from medsweep.training.trial import run_trial
 from tests.conftest import SHARED_DATA, compose_config
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from medsweep.release import layout
-from medsweep.release.promote import promote_checkpoint, swap_link
+from medsweep.promotion.release import promote_checkpoint
+from medsweep.release.store import swap_link
 from medsweep.serving import serve
 from medsweep.serving.inference import PromotedModel, load_promoted
 from tests.conftest import TINY, compose_config, serving

@@ -18,7 +18,7 @@ import yaml
 from medsweep.serving import predict
 from medsweep.serving import serve
 from medsweep.config import ConfigError
-from medsweep.release.promote import promote_checkpoint
+from medsweep.promotion.release import promote_checkpoint
 from medsweep.serving.inference import load_promoted
 from tests.conftest import ROOT, SHARED_DATA, TINY, compose_config, free_port
 
@@ -29,7 +29,7 @@ TEXT_COLUMN = "medical_abstract"  # what the model was trained on (conf/data/med
 @pytest.fixture(scope="module")
 def promoted(tmp_path_factory) -> str:
     """A real promotion of a real tiny trial."""
-    from medsweep.release.promote import promote_checkpoint
+    from medsweep.promotion.release import promote_checkpoint
     from medsweep.training.trial import run_trial
 
     base = tmp_path_factory.mktemp("promoted")
