@@ -3,7 +3,7 @@ PYTHON ?= python
 VENV ?= .venv
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow smoke sweep clean
+.PHONY: help install test test-slow test-faults smoke sweep clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -16,6 +16,9 @@ install: ## Create $(VENV) and install medsweep with the CPU torch wheel and tes
 
 test: ## Run the test suite (~9 min on 2 cores; slow tests excluded)
 	$(PYTHON) -m pytest -q
+
+test-faults: ## Run the tests that guard faults: kill/resume, signals, disk full, node loss, MLflow (~20 min)
+	$(PYTHON) -m pytest -q -m faults
 
 test-slow: ## Run only the slow tests (real MiniLM sweeps; tens of minutes)
 	$(PYTHON) -m pytest -q -m slow

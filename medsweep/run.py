@@ -70,7 +70,7 @@ def execute(config: dict, on_checked: Optional[Callable[[], None]] = None) -> di
         print("[medsweep] " + data.describe(plan.splits.summary), flush=True)
         atomic_write(plan.run_dir.data_summary, json.dumps(plan.splits.summary, indent=2, default=str))
 
-        stop.phase = "the search"
+        stop.phase = "sweep"
         trackers = tracking.trial_callbacks(config)
         sweep.init_ray(config["cluster"])
         stop.install()  # ray.init installs its own SIGTERM handler (exit 15): ours goes after it
@@ -84,13 +84,13 @@ def execute(config: dict, on_checked: Optional[Callable[[], None]] = None) -> di
             tracking.finish_callbacks(trackers)  # an interrupted sweep still closes its tracker runs
         if not config["promote"]["enabled"]:
             ranking.rank_sweep(results, plan.config)  # still writes a multi-objective sweep's Pareto front
-            stop.phase = "the report"
+            stop.phase = "report"
             publish(plan, plan.run_dir.root)
             return {}
         stop.phase = "promotion"
         report = stage.promote(plan, results)
         print_promoted(report, plan.run_dir.promoted, len(results), time.time() - started)
-        stop.phase = "the report"
+        stop.phase = "report"
         edges.print_hints(report.get("range_hints") or [])
         publish(plan, plan.run_dir.root)
         return report

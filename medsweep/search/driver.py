@@ -132,7 +132,7 @@ class Stop:
         name = self.signal_name or "SIGINT"
         kept = ("nothing was promoted; the previous promoted model (if any) is unchanged" if self.phase != "report"
                 else "the model is promoted; rerun the report with: python -m medsweep.report <run dir>")
-        return Interrupted(f"interrupted ({name}) during {self.phase}: {kept}; run the same command to resume "
+        return Interrupted(f"{self.phase} interrupted ({name}): {kept}; run the same command to resume "
                            f"(finished trials are kept)", name)
 
 

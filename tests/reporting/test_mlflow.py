@@ -14,7 +14,10 @@ from tests.conftest import TINY, run_cli
 
 pytest.importorskip("mlflow")
 # A real CLI sweep (~40 s on an idle 2-core machine, 2+ min under load) plus MLflow creating its database.
-slow = pytest.mark.slow
+# The MLflow sweep (a real run into a file store) is slow; CI runs it in its fault stage.
+def slow(test):
+    return pytest.mark.slow(pytest.mark.faults(test))
+
 
 CANARY = "zebra-quartz canary phrase 7731"
 

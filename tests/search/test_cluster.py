@@ -42,6 +42,7 @@ def test_trials_land_on_both_nodes(two_nodes, tmp_path):
 
 
 @pytest.mark.slow  # a minute or more on 2 cores: `make test-slow`
+@pytest.mark.faults
 def test_losing_a_worker_node_mid_trial_retries_the_trial(two_nodes, tmp_path):
     cluster, worker = two_nodes
     config = cluster_config(cluster, tmp_path, ["trainer.epochs=4", "sweep.max_failures=2", "sweep.scheduler=none"])

@@ -4,6 +4,7 @@ retry, a killed driver resumed by the same command. Real Ray, real training, loo
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,6 +56,7 @@ def test_points_to_evaluate_must_set_every_dimension():
 
 
 @pytest.mark.slow  # a real Ray sweep of ~20-40 s; keeps the default suite under 10 min (`make test-slow`)
+@pytest.mark.faults
 def test_a_crashed_trial_is_retried_from_its_last_checkpoint(tmp_path, ray_cleanup):
     config = compose_config(TINY + ["trainer.epochs=3", "cluster.num_cpus=1", "sweep.max_failures=1"], run_dir=tmp_path)
     plan = sweep.preflight(config)
@@ -121,6 +123,7 @@ def test_dtype_is_chosen_by_device_and_recorded(tiny_config):
 
 
 @pytest.mark.slow  # a minute or more on 2 cores: `make test-slow`
+@pytest.mark.faults
 def test_killed_driver_resumes_with_the_same_command(tmp_path):
     run_dir = tmp_path / "run"
     args = [sys.executable, "-m", "medsweep.run", "+sweep=smoke", "sweep.num_trials=3", "sweep.max_concurrent=1",
@@ -154,6 +157,7 @@ def _tree_digest(folder: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow  # one real Ray trial
+@pytest.mark.faults
 def test_disk_full_while_saving_a_checkpoint_fails_the_trial_and_keeps_the_promoted_model(tmp_path, ray_cleanup):
     """ENOSPC injected in the trial process at its second checkpoint save: the trial fails with the
     reason on the leaderboard, and the run dir's promoted model (from an earlier run) is untouched."""
@@ -201,6 +205,7 @@ def test_disk_full_while_saving_a_checkpoint_fails_the_trial_and_keeps_the_promo
 
 
 @pytest.mark.slow  # two real sweeps in subprocesses
+@pytest.mark.faults
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_stops_the_sweep_cleanly_and_the_same_command_resumes(tmp_path, signum):
     """SIGTERM or Ctrl-C (SIGINT) to a running driver: it stops the trials, saves the experiment, says
@@ -209,7 +214,9 @@ def test_a_signal_stops_the_sweep_cleanly_and_the_same_command_resumes(tmp_path,
     from tests.conftest import run_cli
 
     run_dir = tmp_path / "run"
-    args = ["+sweep=smoke", "sweep.num_trials=3", "sweep.max_concurrent=1", "data.max_train_samples=96",
+    # Six trials: the signal (sent once the first has finished and a second driver was refused) must
+    # land in the search even on a loaded machine; the other phases have tests of their own.
+    args = ["+sweep=smoke", "sweep.num_trials=6", "sweep.max_concurrent=1", "sweep.scheduler=fifo", "data.max_train_samples=96",
             "data.max_eval_samples=60", "trainer.max_length=32", f"hydra.run.dir={run_dir}"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     with open(tmp_path / "stderr.txt", "w") as stderr:
@@ -239,6 +246,140 @@ def test_a_signal_stops_the_sweep_cleanly_and_the_same_command_resumes(tmp_path,
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming the sweep" in resumed.stdout
     rows = leaderboard(run_dir)
-    assert len(rows) == 3 and {r["trial_id"] for r in rows} >= finished
+    assert len(rows) == 6 and {r["trial_id"] for r in rows} >= finished
     assert all(r["status"] == "completed" for r in rows)
     assert (run_dir / "promoted" / "metrics.json").exists()
+
+
+@pytest.mark.slow  # a sweep, seed re-runs and a resume in subprocesses: a few minutes on 2 cores
+@pytest.mark.faults
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_during_the_seed_reruns_stops_cleanly_and_the_same_command_resumes_them(tmp_path, signum):
+    """The signal lands once a seed re-run has finished: the driver stops the re-runs, promotes
+    nothing and says how to resume; the same command keeps the finished sweep and re-runs, trains
+    only what is missing, and promotes."""
+    from tests.conftest import run_cli
+
+    run_dir = tmp_path / "run"
+    args = ["+sweep=smoke", "sweep.num_trials=2", "sweep.max_concurrent=1", "sweep.scheduler=fifo",
+            "promote.top_k=2", "promote.seeds=[1,2]", "data.max_train_samples=96", "data.max_eval_samples=60",
+            "trainer.max_length=32", f"hydra.run.dir={run_dir}"]
+    seeds_dir = run_dir / "ray" / "seeds"
+
+    def finished_reruns() -> dict[str, str]:
+        # A re-run's result.json is complete once its last evaluation (final) is in it.
+        done = {}
+        for path in seeds_dir.glob("*/result.json"):
+            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            if lines and lines[-1].get("final"):
+                done[path.parent.name] = path.read_text()
+        return done
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        driver = subprocess.Popen([sys.executable, "-m", "medsweep.run", *args], cwd=ROOT, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        try:
+            deadline = time.time() + 400
+            while time.time() < deadline and not finished_reruns():
+                assert driver.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
+                time.sleep(0.3)
+            assert finished_reruns(), "no seed re-run finished before the deadline"
+            driver.send_signal(signum)
+            code = driver.wait(timeout=180)
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+                driver.wait(timeout=30)
+    err = (tmp_path / "stderr.txt").read_text()
+    assert code == {signal.SIGTERM: 143, signal.SIGINT: 130}[signum], err[-3000:]
+    assert "interrupted" in err and "run the same command to resume" in err and "Traceback" not in err
+    assert not (run_dir / "promoted").exists()
+    done = finished_reruns()
+    assert 1 <= len(done) < 4
+
+    resumed = run_cli(*args, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming the sweep" in resumed.stdout and "resuming the seed re-runs" in resumed.stdout
+    assert len(list(seeds_dir.glob("*/result.json"))) == 4  # 2 configurations x 2 extra seeds, no more
+    for name, text in done.items():  # a re-run that had finished was not trained again
+        assert (seeds_dir / name / "result.json").read_text() == text
+    metrics = json.loads((run_dir / "promoted" / "metrics.json").read_text())
+    assert metrics["seed_robustness"]["n"] == 3 and sorted(metrics["seed_robustness"]["seeds"]) == [1, 2, 42]
+
+
+@pytest.fixture
+def three_trained_runs(tmp_path_factory):
+    """Three real checkpoints of one tiny configuration (its evaluations 1, 2, 3) and a plan."""
+    from medsweep.search.sweep import preflight
+
+    base = tmp_path_factory.mktemp("fallback")
+    kept = []
+
+    def keep(report, checkpoint_dir):
+        target = base / f"ckpt{len(kept)}"
+        shutil.copytree(checkpoint_dir, target)
+        kept.append((target, dict(report)))
+
+    config = compose_config(TINY + ["trainer.epochs=3"], run_dir=base / "run")
+    run_trial(config, on_evaluation=keep)
+    return preflight(config), kept
+
+
+def selection_of(plan, kept: list, scores: list[float]):
+    """A Selection over the kept checkpoints as two configurations: the first wins with two runs."""
+    from ray.tune import Checkpoint
+
+    from medsweep.promotion.ranking import Candidate, Run
+    from medsweep.promotion.selection import Selection
+
+    runs = [Run(seed=seed, scores=dict(report, val_f1_macro=score), checkpoint=Checkpoint.from_directory(str(path)),
+                path=str(path), origin="sweep") for (path, report), score, seed in zip(kept, scores, (42, 1, 42))]
+    winner = Candidate("winner", {"trainer": {"learning_rate": 1e-3}}, runs[:2])
+    runner_up = Candidate("runner_up", {"trainer": {"learning_rate": 2e-3}}, runs[2:])
+    searched, _ = plan.training_rows()
+    return Selection(winner=winner, run=runs[0], ranked=[winner, runner_up], reranked=[winner, runner_up],
+                     num_trials=2, training={"rows": searched["rows"], "train_fingerprint": searched["fingerprint"],
+                                             "refit": False})
+
+
+@pytest.mark.parametrize("damage", ["bit_flipped", "missing"])
+def test_an_unreadable_checkpoint_at_promotion_falls_back_to_the_next_candidate(three_trained_runs, capsys, damage):
+    """The chosen run's checkpoint is damaged or gone by promotion time: one line says so, and the
+    next readable run (the winner's other run, then the next configuration) is promoted instead."""
+    from medsweep.hf import DIGEST_FIELD
+    from medsweep.promotion import stage
+
+    plan, kept = three_trained_runs
+    chosen = selection_of(plan, kept, [0.9, 0.8, 0.7])
+    first = kept[0][0]
+    if damage == "missing":
+        shutil.rmtree(first)
+    else:
+        weights = next(first.glob("*.safetensors"))
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    report = stage.release_chosen(plan, chosen)
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if "cannot be promoted" in line]
+    assert len(lines) == 1 and "trial winner (seed 42)" in lines[0] and "trying the next candidate" in lines[0]
+    if damage == "bit_flipped":
+        assert DIGEST_FIELD in lines[0] or "sha256" in lines[0] or "digest" in lines[0]
+    # The winner's other run (seed 1, evaluation 2) went out, with its own record.
+    assert report["checkpoint"] == str(kept[1][0]) and report["selection"]["promoted_seed"] == 1
+    assert report["validation"]["evaluation"] == 2
+    assert (plan.run_dir.promoted / "metrics.json").exists()
+
+
+def test_when_no_checkpoint_can_be_read_nothing_is_promoted_and_the_run_says_so(three_trained_runs):
+    from medsweep.promotion import stage
+    from medsweep.promotion.ranking import NoUsableTrial
+
+    plan, kept = three_trained_runs
+    chosen = selection_of(plan, kept, [0.9, 0.8, 0.7])
+    for path, _ in kept:
+        shutil.rmtree(path)
+    with pytest.raises(NoUsableTrial, match="no trial's checkpoint could be read"):
+        stage.release_chosen(plan, chosen)
+    assert not plan.run_dir.promoted.exists()

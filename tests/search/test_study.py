@@ -200,6 +200,7 @@ def test_a_warm_started_sweep_under_a_tiny_budget_ends_with_a_promoted_model(smo
 
 
 @pytest.mark.slow  # two sweeps and a kill -9: a few minutes on 2 cores (`make test-slow`)
+@pytest.mark.faults
 def test_a_killed_and_resumed_sweep_keeps_one_study_and_counts_its_budget_across(tmp_path):
     import os
     import time
