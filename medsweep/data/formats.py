@@ -13,19 +13,15 @@ import gzip
 import io
 import json
 import zlib
-from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 
 from medsweep.config import ConfigError
 from medsweep.hf import builtin_name, hub_offline_reason
-# Data sets shipped inside the package (see medsweep/resources/ATTRIBUTION.md for licenses).
-BUILTIN_FILES = {
-    "medical_abstracts": "medical_abstracts.csv.gz",
-    "medical_abstracts_labels": "medical_abstracts_labels.csv",
-    "pubmedqa": "pubmedqa_pqal.jsonl.gz",
-}
+# Data sets shipped inside the package, named there (medsweep.builtin_models reads them too).
+from medsweep.resources import BUILTIN_FILES, builtin_file
+
 GZIP_MAGIC = b"\x1f\x8b"
 PARQUET_MAGIC = b"PAR1"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
@@ -37,7 +33,7 @@ def resolve_path(path: str, role: str = "data file") -> Path:
     if name is not None:
         if name not in BUILTIN_FILES:
             raise ConfigError(f"unknown built-in data file {path!r}; known: {sorted(BUILTIN_FILES)}")
-        return Path(str(resources.files("medsweep.resources") / BUILTIN_FILES[name]))
+        return builtin_file(name)
     resolved = Path(path).expanduser()
     if not resolved.exists():
         raise ConfigError(f"{role} not found: {path}")

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from medsweep.data import deid
 from medsweep.config import ConfigError
+from medsweep.data.deid import deidentify_frame
 from medsweep.data.formats import read_hf, read_table, resolve_path
 
 SPLITS = ("train", "validation", "test")
@@ -300,7 +300,7 @@ def load_splits(cfg: dict) -> DataSplits:
     masked = None
     if cfg.get("deidentify"):
         # First thing after reading: every later step (cleaning, logging, training, writing) sees masked text.
-        frame, masked = deid.deidentify_frame(frame)
+        frame, masked = deidentify_frame(frame)
     frame, summary = clean(frame)
     if masked is not None:
         summary["deidentified"] = masked

@@ -2,44 +2,53 @@
 2-layer random Llama, each with a tokenizer learned from the embedded abstracts. Real models for
 fast tests and the smoke sweep; saved once per machine under hf.cache_dir().
 
-`hf.resolve_model("builtin:tiny-random-bert")` asks for them by name (build()).
+`hf.resolve_model("builtin:tiny-random-bert")` asks for them by name (build()), for training and
+for serving alike (a promoted adapter may name one as its base). So this module imports nothing of
+medsweep but the shipped files (medsweep.resources): not medsweep.data, whose readers resolve
+`builtin:` through medsweep.hf, and not medsweep.training, which a deployed service never loads.
 """
 
 from __future__ import annotations
 
+import csv
+import gzip
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 from filelock import FileLock
 
-from medsweep.hf import cache_dir, quiet_libraries
+from medsweep.resources import builtin_file
 
 # Bump when a recipe changes, so stale caches are not reused.
 VERSIONS = {"tiny-random-bert": "v2", "tiny-random-llama": "v1"}
 
 
-def build(name: str) -> Path:
-    """The folder of built-in model `name`, built on first use."""
+def build(name: str, root: Path, quiet: Callable[[], None] = lambda: None) -> Path:
+    """The folder of built-in model `name` under `root` (hf.cache_dir()), built on first use.
+    `quiet` runs before a build (hf.quiet_libraries): save_pretrained's progress bar would land in
+    the middle of a one-line error."""
     makers = {"tiny-random-bert": make_tiny_random_bert, "tiny-random-llama": make_tiny_random_llama}
-    return build_once(cache_dir() / f"{name}-{VERSIONS[name]}", makers[name])
+    return build_once(Path(root) / f"{name}-{VERSIONS[name]}", makers[name], quiet)
 
 
 def abstracts() -> list[str]:
-    """The embedded Medical Abstracts texts: the corpus the tiny tokenizers are learned from."""
-    from medsweep import data
+    """The embedded Medical Abstracts texts, in file order: the corpus the tiny tokenizers are
+    learned from. Read as medsweep.data reads the file (UTF-8, a byte-order mark dropped, cells as
+    written): the same texts in the same order, without importing medsweep.data."""
+    with gzip.open(builtin_file("medical_abstracts"), "rt", encoding="utf-8-sig", newline="") as f:
+        return [row["medical_abstract"] for row in csv.DictReader(f)]
 
-    return data.read_table(data.resolve_path("builtin:medical_abstracts"), "csv")["medical_abstract"].tolist()
 
-
-def build_once(target: Path, make) -> Path:
+def build_once(target: Path, make, quiet: Callable[[], None] = lambda: None) -> Path:
     """Save `make()`'s (model, tokenizer) to `target` unless it is there. Parallel trials and test
     workers may ask at the same moment: a file lock, and a staging folder renamed into place, so
     nobody ever loads a half-written model."""
     with FileLock(str(target) + ".lock"):
         if (target / "model.safetensors").exists():
             return target
-        quiet_libraries()  # save_pretrained's progress bar would land in the middle of a one-line error
+        quiet()
         model, tokenizer = make()
         staging = target.with_name(target.name + ".tmp")
         model.save_pretrained(staging)

@@ -1,0 +1,123 @@
+"""The HTTP service's routes, on one APIRouter that medsweep.serving.serve.create_app includes, and
+the bearer-token check they depend on.
+
+A route finds its service on the app's state, set by create_app: `served` (a ServedModel), `batcher`
+(a Batcher), `token` (None: no authentication) and `max_batch`. The router itself holds no service,
+so one app per loaded model can include it (the tests start many).
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoint and dependency annotations at
+# runtime (the request and response models, Depends).
+import hmac
+import logging
+import time
+from typing import Optional, Sequence
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from medsweep.serving.schemas import (Error, Health, Prediction, PredictRequest, PredictResponse, Reloaded,
+                                      with_request_limits)
+from medsweep.serving.served import ReloadError
+
+log = logging.getLogger("medsweep.serve")
+bearer = HTTPBearer(auto_error=False)
+
+
+async def authorize(request: Request, credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> None:
+    """401 unless the request carries the service's bearer token (every request passes where it has none).
+    async: a rejection is answered on the event loop, never queued behind a forward pass."""
+    token = request.app.state.token
+    if token is None:
+        return
+    # Constant-time comparison: response timing must not reveal how much of a guess was right.
+    if credentials is None or not hmac.compare_digest(credentials.credentials.encode("utf-8", "replace"),
+                                                      token.encode()):
+        raise HTTPException(status_code=401, detail="missing or invalid bearer token",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """The app's handler for a body that does not match the schema. FastAPI's default 422 body
+    echoes the offending input; this one says where the problem is, not what it was."""
+    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+    return JSONResponse(status_code=422, content={"detail": errors})
+
+
+def check_texts(name: str, values: Sequence[str]) -> Optional[str]:
+    """The first problem with a list of request texts, naming the item, or None."""
+    for i, value in enumerate(values):
+        if not value.strip():
+            return f"{name}[{i}] is empty"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # JSON can carry a lone surrogate (\ud800); no tokenizer can read it.
+            return f"{name}[{i}] is not valid Unicode (a lone surrogate)"
+    return None
+
+
+router = APIRouter()
+# 400: a body that is not JSON text at all (FastAPI's own one-line answer).
+ERRORS = {400: {"model": Error}, 401: {"model": Error}, 413: {"model": Error}, 422: {"model": Error}}
+
+
+@router.get("/openapi.json", include_in_schema=False, dependencies=[Depends(authorize)])
+async def openapi(request: Request) -> JSONResponse:
+    # Only for whoever holds the token (the schema names the routes and limits). Built anew per
+    # call: a reload can change whether the model takes text pairs.
+    state = request.app.state
+    return JSONResponse(with_request_limits(request.app.openapi(), state.max_batch,
+                                            text_pairs=bool(state.served.current.text_pair_column)))
+
+
+@router.get("/health")
+async def health(request: Request) -> Health:
+    model = request.app.state.served.current
+    return Health(status="ok", version=model.version, labels=model.label_names)
+
+
+@router.post("/reload", dependencies=[Depends(authorize)], responses={401: {"model": Error}, 409: {"model": Error}})
+async def reload(request: Request) -> Reloaded:
+    """Load the model folder again (the run's `promoted` link, resolved anew) and swap it in once it
+    has loaded and predicted; requests already in flight finish on the old model. A folder that
+    cannot be loaded is 409: the request was fine, the folder on disk conflicts with it, and the
+    old model keeps serving (a 5xx would tell clients and balancers that this server is failing)."""
+    try:
+        old, new = await run_in_threadpool(request.app.state.served.reload)
+    except ReloadError as exc:
+        log.error("%s", exc)
+        raise HTTPException(status_code=409, detail=str(exc)) from None
+    log.info("reloaded: %s -> %s", old, new)
+    return Reloaded(version=new, previous_version=old)
+
+
+@router.post("/predict", dependencies=[Depends(authorize)], responses={**ERRORS, 500: {"model": Error}})
+async def predict(body: PredictRequest, request: Request) -> PredictResponse:
+    state = request.app.state
+    model = state.served.current  # read once: this request is answered by this model, whatever reloads meanwhile
+    texts, pairs = body.texts, body.text_pairs
+    if len(texts) > state.max_batch:
+        raise HTTPException(status_code=413, detail=f"at most {state.max_batch} texts per request, got {len(texts)}")
+    if pairs is not None and not model.text_pair_column:
+        raise HTTPException(status_code=422, detail="this model takes single texts: do not send text_pairs")
+    if pairs is None and model.text_pair_column:
+        raise HTTPException(status_code=422, detail="this model was trained on text pairs: send text_pairs too")
+    if pairs is not None and len(pairs) != len(texts):
+        raise HTTPException(status_code=422, detail=f"text_pairs has {len(pairs)} items for {len(texts)} texts")
+    problem = check_texts("texts", texts) or (check_texts("text_pairs", pairs) if pairs is not None else None)
+    if problem:
+        raise HTTPException(status_code=422, detail=problem)
+    started = time.perf_counter()
+    try:
+        probs = await state.batcher.predict(model, texts, pairs)
+    except Exception as exc:  # noqa: BLE001 - reported without its message, which may quote the input
+        log.error("prediction failed: %s", type(exc).__name__)
+        raise HTTPException(status_code=500, detail="prediction failed") from None
+    log.info("predicted %d text(s) in %.0f ms", len(texts), (time.perf_counter() - started) * 1000)
+    labels = model.label_names
+    return PredictResponse(version=model.version, labels=labels, predictions=[
+        Prediction(label=labels[int(row.argmax())], probabilities=dict(zip(labels, map(float, row)))) for row in probs])

@@ -1,0 +1,65 @@
+"""The HTTP service's request and response bodies (pydantic), and the request schema as a client
+should read it: what the service checks beyond the types (how many texts, none blank, pairs or not).
+
+The class names are the component names in the service's OpenAPI schema. Needs pydantic (the
+`serve` extra brings it with FastAPI); only medsweep.serving.serve and routes import this module.
+"""
+
+import copy
+from typing import Optional, Union
+
+from pydantic import BaseModel, Field
+
+
+class PredictRequest(BaseModel):
+    texts: list[str] = Field(min_length=1)
+    text_pairs: Optional[list[str]] = None
+
+
+class Prediction(BaseModel):
+    label: str
+    probabilities: dict[str, float]
+
+
+class PredictResponse(BaseModel):
+    version: Optional[str]
+    labels: list[str]
+    predictions: list[Prediction]
+
+
+class Health(BaseModel):
+    status: str
+    version: Optional[str]
+    labels: list[str]
+
+
+class Reloaded(BaseModel):
+    version: Optional[str]
+    previous_version: Optional[str]
+
+
+class ErrorLocation(BaseModel):
+    loc: list[Union[str, int]]
+    msg: str
+
+
+class Error(BaseModel):
+    # A sentence, or for a body that does not match the schema, where each problem is (never the input).
+    detail: Union[str, list[ErrorLocation]]
+
+
+def with_request_limits(openapi: dict, max_batch: int, text_pairs: bool) -> dict:
+    """A copy of FastAPI's schema with what /predict checks itself written in (at most max_batch
+    texts, none blank, pairs exactly when the model being served takes them), so that a client or a
+    fuzzer reading it knows which requests are valid."""
+    schema = copy.deepcopy(openapi)
+    body = schema["components"]["schemas"]["PredictRequest"]
+    text = {"type": "string", "pattern": r"\S"}
+    body["properties"]["texts"].update(items=text, maxItems=max_batch)
+    if text_pairs:
+        body["properties"]["text_pairs"] = {"type": "array", "items": text, "minItems": 1, "maxItems": max_batch,
+                                            "description": "one second text per text, same order"}
+        body["required"] = ["texts", "text_pairs"]
+    else:
+        body["properties"]["text_pairs"] = {"type": "null", "description": "this model takes single texts"}
+    return schema
