@@ -15,6 +15,7 @@ A run dir (Hydra's output dir, or `run_dir` in a composed config) holds everythi
     report/                 the report (reporting/)
     promoted                the atomic link to the promoted version (release/store.py)
     promoted-versions/      every promoted version, vNNN, and history.jsonl
+    wandb/, mlflow/         the trackers' local stores, unless tracker.dir puts them elsewhere (reporting/)
 
 Writers and readers (the report, compare, the trackers, warm start, serve's reload) ask this
 module for a path instead of joining strings: a file moves in one place. It imports nothing but
@@ -72,8 +73,10 @@ class RunDir:
     storage: str | None = None
 
     @classmethod
-    def of(cls, config: dict) -> "RunDir":
-        return cls(Path(config["run_dir"]), (config.get("cluster") or {}).get("storage_path"))
+    def of(cls, config: dict, root: str | Path | None = None) -> "RunDir":
+        """The run dir of `config`; `root` where it is now when that differs from the `run_dir` the
+        config saved (a copied or moved run dir, e.g. `python -m medsweep.report COPY`)."""
+        return cls(Path(root if root is not None else config["run_dir"]), (config.get("cluster") or {}).get("storage_path"))
 
     def resolved(self) -> "RunDir":
         """Absolute paths: Ray runs trials in their own working directories."""

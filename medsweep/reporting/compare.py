@@ -38,6 +38,7 @@ from medsweep.evaluation.metrics import (
     resampled_metrics,
 )
 from medsweep.release import layout
+from medsweep.rundir import PROMOTED, promoted_folder
 
 # Every headline metric the test split has (the Trainer's loss is validation only).
 HEADLINE = tuple(name for name in METRIC_NAMES if name != "loss")
@@ -58,9 +59,9 @@ def load_model(path: str | Path) -> Model:
     """A run dir (its `promoted` model) or a promoted folder. Raises ConfigError with one line."""
     path = Path(path)
     # Resolved once: a promotion in between cannot pair one version's metrics with another's predictions.
-    folder = layout.resolve_folder(path / "promoted" if (path / "promoted").exists() else path)
+    folder = layout.resolve_folder(promoted_folder(path))
     if not (folder / layout.METRICS_FILE).exists():
-        raise ConfigError(f"{path}: no promoted model (no promoted/{layout.METRICS_FILE})")
+        raise ConfigError(f"{path}: no promoted model (no {PROMOTED}/{layout.METRICS_FILE})")
     metrics = layout.read_metrics(folder)
     saved = layout.read_test_predictions(folder)
     if saved is None:

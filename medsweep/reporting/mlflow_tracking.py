@@ -29,13 +29,8 @@ import time
 from pathlib import Path
 
 from medsweep.config import ConfigError
-from medsweep.release import layout
-from medsweep.reporting.tracking import (
-    EXAMPLES_LOGGED,
-    Tracker,
-    examples,
-    sweep_summary,
-)
+from medsweep.reporting.trackers import EXAMPLES_LOGGED, Tracker, examples, promoted_model, sweep_summary
+from medsweep.rundir import RunDir
 from medsweep.search.space import flatten_values
 
 STORE_DIR = "mlflow"
@@ -136,7 +131,7 @@ class MlflowTracker(Tracker):
                 self.parent_id = None
             if self.parent_id is not None:
                 return self.parent_id
-        run = client.create_run(self.experiment_id(config), run_name=f"sweep-{Path(config['run_dir']).resolve().name}",
+        run = client.create_run(self.experiment_id(config), run_name=f"sweep-{RunDir.of(config).resolved().root.name}",
                                 tags={"medsweep.kind": "sweep", "medsweep.sweep": str(config["sweep"]["name"])})
         self.parent_id = run.info.run_id
         params = flatten_values({k: v for k, v in config.items() if k != "run_dir"})
@@ -171,27 +166,26 @@ class MlflowTracker(Tracker):
             self.client.set_terminated(run, END_STATUS.get(status, "FINISHED"))
 
     # --- the sweep -------------------------------------------------------------------------------
-    def log_sweep(self, config: dict, run_dir: Path, report_dir: Path | None) -> None:
+    def log_sweep(self, config: dict, run_dir: RunDir, report_dir: Path | None, splits=None) -> None:
         client = self._client(config)
         parent = self.parent(config)
         status = "FAILED"
         try:
-            for name in ("leaderboard.csv", "leaderboard.md", "seed_runs.csv", "pareto.csv"):
-                if (run_dir / name).exists():
-                    client.log_artifact(parent, str(run_dir / name))
+            # The parent run's artifacts mirror the run dir: its tables, report/, promoted/.
+            for table in run_dir.tables():
+                client.log_artifact(parent, str(table))
             if report_dir is not None:
                 for png in sorted(Path(report_dir).glob("*.png")):
-                    client.log_artifact(parent, str(png), "report")
-            promoted = run_dir / "promoted"
-            if (promoted / layout.METRICS_FILE).exists():
-                metrics = layout.read_metrics(promoted)
+                    client.log_artifact(parent, str(png), run_dir.report.name)
+            promoted = promoted_model(run_dir)
+            if promoted is not None:
+                folder, metrics = promoted
                 client.log_batch(parent, metrics=_metrics(sweep_summary(metrics), 0))
-                folder = layout.resolve_folder(promoted)
-                client.log_artifacts(parent, str(folder), "promoted")
+                client.log_artifacts(parent, str(folder), run_dir.promoted.name)
                 client.set_tag(parent, "medsweep.promoted_version", folder.name)
-                self.register(config, parent)
+                self.register(config, parent, run_dir.promoted.name)
                 if config["tracker"]["log_examples"]:
-                    columns, rows = examples(config, promoted, EXAMPLES_LOGGED)
+                    columns, rows = examples(config, folder, EXAMPLES_LOGGED, splits)
                     client.log_dict(parent, {"columns": columns, "data": rows}, "validation_examples.json")
             status = "FINISHED"
         finally:
@@ -201,8 +195,9 @@ class MlflowTracker(Tracker):
               + ("" if config["tracker"]["tracking_uri"] else f"; browse with: mlflow ui --backend-store-uri {where}"),
               flush=True)
 
-    def register(self, config: dict, parent: str) -> None:
-        """A model version of the promoted folder, with alias `champion` (moved from any earlier one)."""
+    def register(self, config: dict, parent: str, artifact_path: str) -> None:
+        """A model version of the promoted folder (the parent run's `artifact_path`), with alias
+        `champion` (moved from any earlier one)."""
         from mlflow.exceptions import MlflowException
 
         client, name = self.client, model_name(config)
@@ -210,5 +205,5 @@ class MlflowTracker(Tracker):
             client.create_registered_model(name)
         except MlflowException:  # it exists already: a later sweep adds a version
             pass
-        version = client.create_model_version(name, source=f"runs:/{parent}/promoted", run_id=parent)
+        version = client.create_model_version(name, source=f"runs:/{parent}/{artifact_path}", run_id=parent)
         client.set_registered_model_alias(name, CHAMPION, version.version)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medsweep.reporting import report
+from medsweep.reporting.page import MAX_PARAMETER_COLUMNS, leaderboard_html
 
 LAPTOP_PX = 1366
 
@@ -120,9 +120,9 @@ def test_a_wide_sweep_keeps_the_leaderboard_to_a_few_columns():
                            "best_value": 0.5, "val_f1_macro": 0.5, "val_auroc": 0.7, "val_accuracy": 0.6,
                            "best_step": 10, "evaluations": 2, "status": "completed", "error": np.nan}])
     parsed = Page()
-    parsed.feed(report.leaderboard_html(frame, params, "val_f1_macro"))
+    parsed.feed(leaderboard_html(frame, params, "val_f1_macro"))
     (table,) = parsed.tables
-    assert len(table[0]) == 1 + 1 + report.MAX_PARAMETER_COLUMNS + 6  # rank, trial, params, 3 scores, step, evals, status
+    assert len(table[0]) == 1 + 1 + MAX_PARAMETER_COLUMNS + 6  # rank, trial, params, 3 scores, step, evals, status
     assert table[1][2] == "0.123" and "4 more hyperparameter column(s)" in " ".join(parsed.text)
 
 

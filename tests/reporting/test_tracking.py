@@ -153,7 +153,7 @@ def test_no_text_from_the_data_set_reaches_the_tracker(wandb_sweep):
 
 
 def test_log_examples_true_is_what_puts_text_in_the_tracker(wandb_sweep, tmp_path, monkeypatch):
-    from medsweep.reporting import tracking
+    from medsweep.reporting import trackers, tracking
 
     run_dir, _, _, _ = wandb_sweep
     for key, value in wandb_env(tmp_path).items():
@@ -164,9 +164,26 @@ def test_log_examples_true_is_what_puts_text_in_the_tracker(wandb_sweep, tmp_pat
     (table_file,) = (tmp_path / "wandb").glob("offline-run-*/files/media/table/validation_examples_*.table.json")
     table = json.loads(table_file.read_text())
     assert table["columns"] == ["text", "label", "predicted", "confidence"]
-    assert len(table["data"]) == tracking.EXAMPLES_LOGGED
+    assert len(table["data"]) == trackers.EXAMPLES_LOGGED
     assert distinctive_sentences(config)[1] in table["data"][0][0]
     assert {row[1] for row in table["data"]} <= set(json.loads((run_dir / "promoted" / "metrics.json").read_text())["label_names"])
+
+
+def test_log_sweep_uses_the_drivers_splits_without_reading_the_data_again(wandb_sweep, tmp_path, monkeypatch):
+    from medsweep import data
+    from medsweep.reporting import tracking
+
+    run_dir, _, _, _ = wandb_sweep
+    for key, value in wandb_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    config = compose_config(["+sweep=smoke", "tracker=wandb", "tracker.log_examples=true", f"tracker.dir={tmp_path}"],
+                            run_dir=run_dir)
+    splits = data.load_splits(config["data"])
+    monkeypatch.setattr(data, "load_splits", lambda *args, **kwargs: pytest.fail("the splits were loaded again"))
+    tracking.log_sweep(config, run_dir, None, splits=splits)
+    (table_file,) = (tmp_path / "wandb").glob("offline-run-*/files/media/table/validation_examples_*.table.json")
+    table = json.loads(table_file.read_text())
+    assert [row[0] for row in table["data"]][:3] == splits.validation["text"].head(3).tolist()
 
 
 def test_report_plots_are_real_images_and_the_index_shows_them(wandb_sweep):
@@ -186,11 +203,11 @@ def test_report_plots_are_real_images_and_the_index_shows_them(wandb_sweep):
 
 def test_the_reliability_diagram_shows_the_ece_metrics_json_reports(wandb_sweep, tmp_path):
     from medsweep.release import layout
-    from medsweep.reporting import report
+    from medsweep.reporting import model_plots
 
     run_dir, _, _, _ = wandb_sweep
     saved = layout.read_test_predictions(run_dir / "promoted")
-    figure, ece = report.calibration_plot(saved["labels"], saved["probs"], tmp_path)
+    figure, ece = model_plots.calibration_plot(saved["labels"], saved["probs"], tmp_path)
     assert ece == pytest.approx(layout.read_metrics(run_dir / "promoted")["test"]["test_ece"], abs=1e-12)
     assert f"{ece:.3f}" in figure.caption and "15 equal-width bins" in figure.caption
 
