@@ -103,7 +103,7 @@ def sweep_samples(overrides: list[str], keep_dir: Path | None = None) -> tuple[i
     `keep_dir`: run the sweep there and keep it (gpu_probe.json, the leaderboard), else a temporary one."""
     import ray
 
-    from medsweep.reporting.report import load_trials
+    from medsweep.reporting.run_data import load_trials
     from medsweep.run import compose, execute
 
     with tempfile.TemporaryDirectory() as scratch:

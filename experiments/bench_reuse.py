@@ -39,10 +39,10 @@ def sweep_seconds(trials: int, reuse: bool) -> tuple[float, int]:
                           "sweep.scheduler=none", "cluster.num_cpus=1", "cluster.cpus_per_trial=1", "trainer.epochs=1",
                           "trainer.max_length=32", "data.max_train_samples=48", "data.max_eval_samples=40",
                           f"cluster.reuse_actors={str(reuse).lower()}"], run_dir)
-        space, splits = sweep.preflight(config)
+        plan = sweep.preflight(config)
         sweep.init_ray(config["cluster"])
         started = time.time()
-        results = sweep.run_sweep(config, space, num_train=len(splits.train))
+        results = sweep.run_sweep(plan)
         elapsed = time.time() - started
         ray.shutdown()
     assert all(r.error is None for r in results), [str(r.error) for r in results if r.error]

@@ -58,7 +58,7 @@ def medsweep_search(config: dict) -> tuple[list[tuple[float, float]], float, int
     """[(seconds since the start, validation macro-F1) per evaluation], whole run time, trials stopped early."""
     import pandas as pd
 
-    from medsweep.reporting.report import load_trials
+    from medsweep.reporting.run_data import load_trials
     from medsweep.run import execute
 
     started = time.time()

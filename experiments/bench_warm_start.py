@@ -17,6 +17,7 @@ target; above 1: the warm start gets there sooner).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -26,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medsweep.run import compose
+from medsweep.rundir import atomic_write
 from medsweep.search import sweep
 
 # Both models on a small slice of the embedded abstracts, with a learning-rate range wide enough that
@@ -47,11 +49,11 @@ MODELS = {
 def run(run_dir: Path, trials: int, seed: int, overrides: list[str], warm_from: Path | None = None):
     extra = [f"sweep.num_trials={trials}", f"sweep.seed={seed}"] + ([f"sweep.warm_start=[{warm_from}]"] if warm_from else [])
     config = compose(overrides + extra, run_dir=run_dir)
-    space, splits = sweep.preflight(config)
+    plan = sweep.preflight(config)
     # What the CLI writes before the sweep: a warm start checks the earlier run's split fingerprints in it.
-    sweep.write_json(run_dir / "data_summary.json", splits.summary)
+    atomic_write(plan.run_dir.data_summary, json.dumps(plan.splits.summary, indent=2, default=str))
     started = time.time()
-    results = sweep.run_sweep(config, space, num_train=len(splits.train))
+    results = sweep.run_sweep(plan)
     elapsed = time.time() - started
     # Every evaluation of every trial: (seconds since the sweep started, value).
     evaluations = sorted((row["timestamp"] - started, row["val_f1_macro"])

@@ -131,7 +131,7 @@ def publish(plan, run_dir: Path) -> None:
     except Exception as exc:  # noqa: BLE001  a plotting bug must not cost the tracker's sweep run
         log.warning("the report could not be written (%s: %s); retry with: python -m medsweep.report %s",
                     type(exc).__name__, exc, run_dir)
-    wandb_dir = tracking.log_sweep(config, run_dir, report_dir)
+    wandb_dir = tracking.log_sweep(config, run_dir, report_dir, splits=plan.splits)
     if wandb_dir is not None and config["tracker"]["mode"] == "offline":
         print(f"[medsweep] W&B runs saved offline in {wandb_dir}; upload with: wandb sync {wandb_dir}/offline-run-*",
               flush=True)

@@ -24,7 +24,6 @@ from pathlib import Path
 from medsweep.reporting.model_plots import model_plots, subgroup_plots
 from medsweep.reporting.page import INDEX_FILE, write_index
 from medsweep.reporting.run_data import load
-from medsweep.reporting.run_data import load_trials  # noqa: F401  experiments/bench_*.py import it from here
 from medsweep.reporting.sweep_plots import learning_curves, sweep_plots
 from medsweep.rundir import RunDir
 
