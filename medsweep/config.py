@@ -78,7 +78,7 @@ class DataConfig:
     # subgroup audit of the promoted model, never given to the model as input.
     group_columns: List[str] = field(default_factory=list)
     # Mask names, dates, phone numbers, e-mails, record numbers, addresses, URLs and SSNs in the
-    # texts as they are read (medsweep/deid.py), before anything is logged, trained or written.
+    # texts as they are read (medsweep/data/deid.py), before anything is logged, trained or written.
     deidentify: bool = False
     # Tokenized splits are kept under <run dir>/cache/tokens, keyed by the tokenizer, max_length, the
     # columns and the rows themselves, and shared by every trial and seed re-run (medsweep/data/cache.py).
@@ -111,7 +111,7 @@ class TrainerConfig:
     # repeats minority-class rows of the training split (never validation or test).
     class_weighting: str = "none"  # none | balanced
     oversample: bool = False
-    # Token-level augmentation of the training split only (medsweep/augment.py), seeded by
+    # Token-level augmentation of the training split only (medsweep/training/augment.py), seeded by
     # trainer.seed: synonym replacement from a small built-in list, random swaps, random deletions.
     augment: str = "none"  # none | synonym | swap | delete
     augment_rate: float = 0.1

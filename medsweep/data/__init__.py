@@ -1,5 +1,5 @@
 """Reading data: files and datasets in (formats), identifiers masked (deid), rows cleaned and split
-without leakage (splits). Imports: medsweep.config and medsweep.sources only.
+without leakage (splits). Imports: medsweep.config, medsweep.hf and medsweep.resources only.
 
 The stage's interface is re-exported here, so that callers write `data.load_splits(cfg)`."""
 

@@ -41,12 +41,29 @@ class DataSplits:
     label_names: list[str]
     summary: dict = field(default_factory=dict)
     # The training split before data.max_train_samples (None: not capped), kept so that a refit on all
-    # training rows needs no second read of the data (promotion/refit.py).
+    # training rows needs no second read of the data (promotion/reruns.py).
     unsampled_train: pd.DataFrame | None = None
 
     @property
     def all_train(self) -> pd.DataFrame:
         return self.train if self.unsampled_train is None else self.unsampled_train
+
+    def as_configured(self, cfg: dict) -> "DataSplits":
+        """These splits as `load_splits(cfg)` would return them for a data config that differs only in
+        data.max_train_samples (a refit's None: every training row), without reading the data again."""
+        if cfg.get("max_train_samples") is not None or self.unsampled_train is None:
+            return self
+        train = self.unsampled_train
+        summary = {**self.summary,
+                   "split_sizes": {**self.summary["split_sizes"], "train": len(train)},
+                   "class_counts": {**self.summary["class_counts"],
+                                    "train": {self.label_names[k]: int(v) for k, v in sorted(train["label"].value_counts().items())}},
+                   "fingerprints": {**self.summary["fingerprints"], "train": fingerprint(train)}}
+        notes = [note for note in self.summary.get("notes", []) if "data.max_train_samples" not in note]
+        summary.pop("notes", None)
+        if notes:
+            summary["notes"] = notes
+        return DataSplits(train, self.validation, self.test, self.label_names, summary)
 
     def split(self, name: str) -> pd.DataFrame:
         return {"train": self.train, "validation": self.validation, "test": self.test}[name]

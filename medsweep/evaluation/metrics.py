@@ -193,7 +193,7 @@ def best_of(items, score, mode: str):
 # --- bootstrap ------------------------------------------------------------------------------------
 # A bootstrap resample is a vector of counts (how often each example was drawn), so every metric of
 # many resamples at once is a weighted metric: one matrix product instead of 1,000 x ~15 sklearn
-# calls (about 20 s on a test split of 400). tests/test_metrics.py checks that these weighted
+# calls (about 20 s on a test split of 400). tests/evaluation/test_metrics.py checks that these weighted
 # versions equal classification_metrics (sklearn) on the explicitly resampled rows.
 
 def _divide(numerator: np.ndarray, denominator: np.ndarray, undefined: float) -> np.ndarray:

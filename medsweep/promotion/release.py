@@ -37,7 +37,8 @@ def evaluate_test_split(model, tokenizer, config: dict, splits=None) -> tuple[np
     """Labels and predicted probabilities on the test split (the only time it is scored), the data
     summary, and the test rows' group values (data.group_columns) for the subgroup audit. `splits`:
     the driver's, already loaded (read here only when a checkpoint is promoted on its own)."""
-    splits = splits if splits is not None else data.load_splits(config["data"])
+    # A refit trained on every training row: its record describes those rows, not the search's subset.
+    splits = splits.as_configured(config["data"]) if splits is not None else data.load_splits(config["data"])
     test = splits.test
     pairs = test["text_pair"].tolist() if "text_pair" in test.columns else None
     probs = predict_proba(model, tokenizer, test["text"].tolist(), pairs,
