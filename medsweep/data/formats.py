@@ -134,7 +134,21 @@ def parse_jsonl(text: str, path: Path) -> pd.DataFrame:
     for number, record in numbered:
         if not isinstance(record, dict):
             raise ConfigError(f"{path} {unit} {number} is a JSON {type(record).__name__}, expected an object")
+        if key := next((k for k, v in record.items() if not _encodable(k) or isinstance(v, str) and not _encodable(v)), None):
+            # JSON's \ud800 escapes decode to lone UTF-16 surrogates, which no UTF-8 text can hold: every
+            # later step (pyarrow, the tokenizer, a CSV writer) would fail on them with a traceback.
+            name = key if _encodable(key) else "?"
+            raise ConfigError(f"{path} {unit} {number}: field {name!r} holds a lone UTF-16 surrogate (an escape "
+                              f"such as \\ud800 with no pair), which is not text")
     return pd.DataFrame([record for _, record in numbered])
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_parquet(path: Path, role: str = "data file") -> pd.DataFrame:

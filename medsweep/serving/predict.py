@@ -22,6 +22,9 @@ from medsweep.serving.args import arg, tool_main
 from medsweep.serving.inference import load_promoted
 
 PROB_PREFIX = "prob_"
+# A cell starting with one of these is run as a formula by a spreadsheet that opens the CSV (OWASP "CSV
+# injection"): such a text cell is written with a leading apostrophe, which spreadsheets show as text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 INPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
@@ -100,12 +103,17 @@ def checked_output(output: str, source: str) -> Path:
 def prediction_table(probs: np.ndarray, label_names: list[str], ids=None, id_column: Optional[str] = None):
     import pandas as pd
 
-    table = pd.DataFrame({"predicted_label": [label_names[i] for i in probs.argmax(axis=1)]})
+    table = pd.DataFrame({"predicted_label": [spreadsheet_safe(label_names[i]) for i in probs.argmax(axis=1)]})
     for k, name in enumerate(label_names):
         table[f"{PROB_PREFIX}{name}"] = probs[:, k]
     if ids is not None:
-        table.insert(0, id_column, ids)
+        table.insert(0, id_column, [spreadsheet_safe(value) for value in ids])
     return table
+
+
+def spreadsheet_safe(value):
+    """A text cell a spreadsheet would run as a formula, made inert; anything else as it is."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
 
 
 def run(args: PredictArgs) -> Path:

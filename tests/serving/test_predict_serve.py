@@ -103,6 +103,29 @@ def test_predict_text_pairs_from_the_models_config(promoted, sentences, tmp_path
     np.testing.assert_allclose(pd.read_csv(tmp_path / "s.csv").iloc[:, 1:].to_numpy(), model.predict(sentences), atol=1e-6)
 
 
+def test_ids_a_spreadsheet_would_run_as_formulas_are_written_inert(promoted, tmp_path):
+    """OWASP CSV injection: an id that starts with =, +, -, @ (or a tab / carriage return) reaches a
+    clinician's spreadsheet as text, not as a formula; other ids are written exactly as given."""
+    hostile = ["=HYPERLINK(\"http://x\",\"y\")", "+1+1", "-2+3", "@SUM(A1)", "\tcmd", "n-7", "plain"]
+    source = tmp_path / "notes.csv"
+    pd.DataFrame({"id": hostile, TEXT_COLUMN: ["Acute myocardial infarction."] * len(hostile)}).to_csv(source, index=False)
+    assert predict.main([f"model={promoted}", f"input={source}", f"output={tmp_path / 'out.csv'}", "id_column=id"]) == 0
+    written = pd.read_csv(tmp_path / "out.csv", dtype=str, keep_default_na=False)["id"].tolist()
+    assert written == ["'" + value for value in hostile[:5]] + ["n-7", "plain"]
+    assert not any(cell.startswith(("=", "+", "-", "@", "\t")) for cell in written)
+
+
+def test_a_lone_surrogate_in_a_json_lines_input_is_one_line_naming_the_row(promoted, tmp_path, capsys):
+    source = tmp_path / "notes.jsonl"
+    # json.dumps writes the lone surrogate as the escape \ud800, as another program would.
+    source.write_text(json.dumps({"note": "Acute myocardial infarction."}) + "\n" + json.dumps({"note": "bad \ud800 text"}) + "\n")
+    code = predict.main([f"model={promoted}", f"input={source}", f"output={tmp_path / 'out.csv'}", "text_column=note"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "line 2" in err and "'note'" in err and "surrogate" in err and "Traceback" not in err
+    assert not (tmp_path / "out.csv").exists()
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing_file", "input file not found"),
     ("missing_column", f"column '{TEXT_COLUMN}' not found"),
