@@ -5,6 +5,7 @@ A run without a search space is the same path with one trial.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -145,6 +146,9 @@ def init_ray(cluster: dict) -> None:
         # trial with our runtime_env cannot use them anyway); metrics collection is for the
         # dashboard, which is off.
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        # Ray turns token authentication on for a new local cluster and says so on every run, a line a
+        # user cannot act on: that one line is dropped, the (secure) mode and every other warning kept.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(quiet_token_notice)
         ray.init(address="local", num_cpus=cluster["num_cpus"], include_dashboard=False, runtime_env=runtime_env,
                  configure_logging=True, logging_level="WARNING", _system_config=LOCAL_RAY_SYSTEM_CONFIG)
     else:
@@ -152,6 +156,11 @@ def init_ray(cluster: dict) -> None:
             ray.init(address=cluster["address"], runtime_env=runtime_env, logging_level="WARNING")
         except ConnectionError as exc:
             raise ConfigError(f"cannot connect to the Ray cluster at {cluster['address']!r}: {exc}") from None
+
+
+def quiet_token_notice(record) -> bool:
+    """A logging filter: False for Ray's "token authentication is enabled" notice (see init_ray)."""
+    return not str(record.msg).startswith("Token authentication is enabled")
 
 
 def build_searcher(config: dict, space: dict, experiment: str = SWEEP_EXPERIMENT):

@@ -13,6 +13,7 @@ import pytest
 
 from medsweep.config import ConfigError
 from medsweep.search import budget, study, sweep
+from medsweep.search.space import SearchSpace
 from tests.conftest import ROOT, compose_config, kill_driver_after_first_trial, run_cli
 
 STATE_OF = {"completed": "COMPLETE", "early_stopped": "PRUNED", "budget_stopped": "PRUNED"}
@@ -93,7 +94,7 @@ def test_an_early_stopped_trial_is_pruned_and_a_resumed_report_is_ignored(tmp_pa
     import optuna
 
     config = compose_config(["+sweep=smoke", "sweep.num_trials=3"], run_dir=tmp_path)
-    space = sweep.build_search_space(config["sweep"]["search_space"], config)
+    space = SearchSpace(config["sweep"]["search_space"]).ray(config)
     searcher = sweep.build_searcher(config, space)
     searcher.set_search_properties("val_f1_macro", "max", space)
     for tid in ("a", "b"):
