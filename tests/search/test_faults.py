@@ -204,6 +204,30 @@ def test_disk_full_while_saving_a_checkpoint_fails_the_trial_and_keeps_the_promo
     assert load_promoted(run_dir / "promoted").predict(["Acute myocardial infarction."]).shape[0] == 1
 
 
+def signal_driver(args: list[str], tmp_path: Path, ready, signum, before_signal=lambda driver: None,
+                  deadline_s: float = 240) -> tuple[int, str]:
+    """Start `python -m medsweep.run ARGS`, wait until `ready()`, call `before_signal(driver)`, send
+    `signum`; returns (exit code, stderr). Whatever is left is killed, as a test must not leak a driver."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        driver = subprocess.Popen([sys.executable, "-m", "medsweep.run", *args], cwd=ROOT, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        try:
+            deadline = time.time() + deadline_s
+            while time.time() < deadline and not ready():
+                assert driver.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
+                time.sleep(0.3)
+            assert ready(), "the driver never got there before the deadline"
+            before_signal(driver)
+            driver.send_signal(signum)
+            code = driver.wait(timeout=180)
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+                driver.wait(timeout=30)
+    return code, (tmp_path / "stderr.txt").read_text()
+
+
 @pytest.mark.slow  # two real sweeps in subprocesses
 @pytest.mark.faults
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -218,25 +242,12 @@ def test_a_signal_stops_the_sweep_cleanly_and_the_same_command_resumes(tmp_path,
     # land in the search even on a loaded machine; the other phases have tests of their own.
     args = ["+sweep=smoke", "sweep.num_trials=6", "sweep.max_concurrent=1", "sweep.scheduler=fifo", "data.max_train_samples=96",
             "data.max_eval_samples=60", "trainer.max_length=32", f"hydra.run.dir={run_dir}"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    with open(tmp_path / "stderr.txt", "w") as stderr:
-        driver = subprocess.Popen([sys.executable, "-m", "medsweep.run", *args], cwd=ROOT, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
-        try:
-            deadline = time.time() + 240
-            while time.time() < deadline and not ((run_dir / "leaderboard.csv").exists() and leaderboard(run_dir)):
-                assert driver.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
-                time.sleep(0.3)
-            assert leaderboard(run_dir), "no trial finished before the deadline"
-            second = run_cli(*args, timeout=120)
-            assert second.returncode == 2 and f"pid {driver.pid} on" in second.stderr, second.stderr[-2000:]
-            driver.send_signal(signum)
-            code = driver.wait(timeout=180)
-        finally:
-            if driver.poll() is None:
-                os.killpg(driver.pid, signal.SIGKILL)
-                driver.wait(timeout=30)
-    err = (tmp_path / "stderr.txt").read_text()
+    def refused_while_running(driver):
+        second = run_cli(*args, timeout=120)
+        assert second.returncode == 2 and f"pid {driver.pid} on" in second.stderr, second.stderr[-2000:]
+
+    code, err = signal_driver(args, tmp_path, lambda: (run_dir / "leaderboard.csv").exists() and leaderboard(run_dir),
+                              signum, refused_while_running)
     assert code == {signal.SIGTERM: 143, signal.SIGINT: 130}[signum], err[-3000:]
     assert "sweep interrupted" in err and "run the same command to resume" in err and "Traceback" not in err
     assert not (run_dir / "promoted").exists()
@@ -275,23 +286,7 @@ def test_a_signal_during_the_seed_reruns_stops_cleanly_and_the_same_command_resu
                 done[path.parent.name] = path.read_text()
         return done
 
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    with open(tmp_path / "stderr.txt", "w") as stderr:
-        driver = subprocess.Popen([sys.executable, "-m", "medsweep.run", *args], cwd=ROOT, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
-        try:
-            deadline = time.time() + 400
-            while time.time() < deadline and not finished_reruns():
-                assert driver.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
-                time.sleep(0.3)
-            assert finished_reruns(), "no seed re-run finished before the deadline"
-            driver.send_signal(signum)
-            code = driver.wait(timeout=180)
-        finally:
-            if driver.poll() is None:
-                os.killpg(driver.pid, signal.SIGKILL)
-                driver.wait(timeout=30)
-    err = (tmp_path / "stderr.txt").read_text()
+    code, err = signal_driver(args, tmp_path, lambda: bool(finished_reruns()), signum, deadline_s=400)
     assert code == {signal.SIGTERM: 143, signal.SIGINT: 130}[signum], err[-3000:]
     assert "interrupted" in err and "run the same command to resume" in err and "Traceback" not in err
     assert not (run_dir / "promoted").exists()
