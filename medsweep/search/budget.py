@@ -23,9 +23,8 @@ from pathlib import Path
 from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
-from medsweep.search.leaderboard import atomic_write
+from medsweep.rundir import RunDir, atomic_write
 
-BUDGET_FILE = "budget.json"
 # Promotion after the search: scoring the test split, 1,000 bootstrap resamples, writing the version
 # and the report: 10-12 s for +sweep=smoke on the 2-core machine (the end of the sweep to the report
 # line); rounded up, since a model promoted late beats none.
@@ -42,7 +41,7 @@ _SAVING: dict[str, dict[str, float]] = {}
 
 def read(run_dir: str | Path) -> dict:
     try:
-        return json.loads((Path(run_dir) / BUDGET_FILE).read_text())
+        return json.loads(RunDir(Path(run_dir)).budget.read_text())
     except (OSError, ValueError):
         return {}
 
@@ -63,7 +62,7 @@ def reruns(config: dict) -> int:
 class SearchBudget(Stopper):
     def __init__(self, limit_s: float, run_dir: str | Path, reruns: int, concurrency: int, full_evaluations: int):
         self.limit_s = float(limit_s)
-        self.path = Path(run_dir).resolve() / BUDGET_FILE
+        self.path = RunDir(Path(run_dir)).resolved().budget
         self.reruns, self.concurrency, self.full_evaluations = reruns, max(1, concurrency), full_evaluations
         self._state = None  # loaded from the file on first use (fresh, or restored by Tune)
         self._last_check = None
@@ -133,7 +132,7 @@ class CheckpointsInFlight(Callback):
     """Tells the budget which trials' reported checkpoints Tune has yet to register (see _SAVING)."""
 
     def __init__(self, run_dir: str | Path):
-        self.key = str(Path(run_dir).resolve() / BUDGET_FILE)
+        self.key = str(RunDir(Path(run_dir)).resolved().budget)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         _SAVING.setdefault(self.key, {})[trial.trial_id] = time.time()

@@ -8,24 +8,18 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from pathlib import Path
 
 from ray.tune import Callback
 
 from medsweep.evaluation.metrics import is_better
 from medsweep.markdown import short, table
+from medsweep.rundir import RunDir, atomic_write
+from medsweep.search import budget
 from medsweep.search.space import flatten_values
 
 SCORE_COLUMNS = ("val_f1_macro", "val_auroc", "val_accuracy")
 TEXT_COLUMNS = ("trial_id", "metric", "status", "error")
-
-
-def atomic_write(path: Path, text: str) -> None:
-    # Readers (a dashboard, `watch cat`) never see a half-written table.
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def error_reason(trial) -> str:
@@ -58,6 +52,13 @@ def _parse(text: str):
     return text
 
 
+def end_status(last_result: dict | None) -> str:
+    """How a trial that ended without an error ended, by its last result: "completed" when that was
+    its final step (trials report `final`), else "early_stopped" (a scheduler stopped it). The one
+    rule for the leaderboard, the trackers and the Optuna study."""
+    return "completed" if last_result and last_result.get("final") is True else "early_stopped"
+
+
 class TrialResults(Callback):
     """Per trial, as Ray reports: how many evaluations, the last result and the best one (by the
     sweep's metric and mode). The base of the callbacks that summarise trials (this leaderboard,
@@ -77,8 +78,8 @@ class TrialResults(Callback):
             self.best[tid] = result
 
     def end_status(self, trial_id: str) -> str:
-        """How a trial that ended without an error ended: its last evaluation was the final step, or ASHA stopped it."""
-        return "completed" if self.last.get(trial_id, {}).get("final", False) else "early_stopped"
+        """How a trial that ended without an error ended (see end_status)."""
+        return end_status(self.last.get(trial_id))
 
 
 class Leaderboard(TrialResults):
@@ -89,13 +90,17 @@ class Leaderboard(TrialResults):
         self.rows: dict[str, dict] = {}  # finished trials only
         self.load_existing()
 
+    @property
+    def files(self) -> RunDir:
+        return RunDir(self.run_dir)
+
     # --- Ray Tune callback hooks -----------------------------------------------------------------
     def setup(self, **info):
         self.load_existing()
 
     def load_existing(self) -> None:
         """A resumed sweep keeps the rows of the trials that finished before it stopped."""
-        path = self.run_dir / "leaderboard.csv"
+        path = self.files.leaderboard_csv
         if not path.exists():
             return
         with open(path, newline="") as f:
@@ -111,8 +116,6 @@ class Leaderboard(TrialResults):
     def on_experiment_end(self, trials, **info):
         # When sweep.time_budget_s ends the search, Tune stops the running trials all at once
         # without on_trial_complete: they get their rows here.
-        from medsweep.search import budget
-
         if budget.exhausted(self.run_dir):
             for trial in trials:
                 if trial.trial_id not in self.rows and trial.trial_id in self.best:
@@ -150,15 +153,15 @@ class Leaderboard(TrialResults):
                 "status", "error"]
 
     def write(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # atomic_write: readers (a dashboard, `watch cat`) never see a half-written table.
         rows = self.sorted_rows()
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=self.columns())
         writer.writeheader()
         writer.writerows(rows)
-        atomic_write(self.run_dir / "leaderboard.csv", buffer.getvalue())
+        atomic_write(self.files.leaderboard_csv, buffer.getvalue())
 
         lines = [f"# Leaderboard ({self.metric}, {'higher' if self.mode == 'max' else 'lower'} is better)", "",
                  *table(["rank", *self.columns()],
                         [[rank, *(short(row[c]) for c in self.columns())] for rank, row in enumerate(rows, 1)])]
-        atomic_write(self.run_dir / "leaderboard.md", "\n".join(lines) + "\n")
+        atomic_write(self.files.leaderboard_md, "\n".join(lines) + "\n")

@@ -2,9 +2,9 @@
 
 Ray only books fractional GPUs; it does not split their memory. So before the sweep one short probe
 trains a few steps (and runs one evaluation batch) at the largest shape the search space can draw
-(batch_size x max_length, the widest LoRA), on a whole GPU of the cluster, and reads the peak
-memory PyTorch's caching allocator reserved. The share is then the largest 1/n such that n trials
-fit on one GPU with a margin:
+(batch_size x max_length, the widest LoRA), on a whole GPU of the cluster, through a trial's own
+Trainer (training.trial.build_trainer), and reads the peak memory PyTorch's caching allocator
+reserved. The share is then the largest 1/n such that n trials fit on one GPU with a margin:
 
     n = floor(total GPU memory / (peak reserved x (1 + MARGIN) + the CUDA context))
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -119,66 +120,75 @@ class ProcessMemory:
                 "peak_allocated_bytes": peak, "peak_reserved_bytes": peak, "context_bytes": 0}
 
 
+def probe_data(config: dict, trainer_cfg: dict, steps: int):
+    """What the probe trains on, as a trial's prepared data (training.trial.TrialData): random token
+    ids at full length, so that every batch the collator pads is batch_size x max_length; `steps`
+    batches of training rows and one evaluation batch, labels cycling through the classes."""
+    import numpy as np
+    import pandas as pd
+    from datasets import Dataset
+
+    from medsweep import data
+    from medsweep.training.model import load_tokenizer
+    from medsweep.training.trial import TrialData
+
+    splits = data.load_splits(config["data"])
+    tokenizer = load_tokenizer(config["model"])
+    # Ids of the base vocabulary (every model has an embedding row for them), never added tokens.
+    vocab, length = min(len(tokenizer), tokenizer.vocab_size), trainer_cfg["max_length"]
+    generator = np.random.default_rng(0)
+
+    def rows(count: int) -> Dataset:
+        return Dataset.from_dict({"input_ids": generator.integers(0, vocab, (count, length)).tolist(),
+                                  "attention_mask": [[1] * length] * count, "length": [length] * count,
+                                  "labels": [i % len(splits.label_names) for i in range(count)]})
+
+    train_set = rows(steps * trainer_cfg["batch_size"])
+    return TrialData(splits, tokenizer, pd.DataFrame({"label": train_set["labels"]}), train_set,
+                     rows(trainer_cfg["eval_batch_size"]), val_groups={}, cache_hits={})
+
+
 def measure_peak_memory(config: dict, steps: int = 3, memory=None, device: Optional[str] = None) -> dict:
-    """Train `steps` optimizer steps on full-length random inputs at the config's batch_size x
-    max_length, then one evaluation batch at eval_batch_size, as a trial does (the trial's model
-    builder, dtype, autocast and AdamW), and return the memory reading with the shapes it ran.
+    """Train `steps` optimizer steps at the config's batch_size x max_length, then one evaluation
+    batch at eval_batch_size, through a trial's own Trainer (training.trial.build_trainer: its model
+    builder, dtype, autocast and optimizer), and return the memory reading with the shapes it ran.
 
     `memory` reads the device's memory (`reset()` before the model is built, `read()` after);
     default: the CUDA allocator. Tests pass a reader of their own to run the same path on a CPU.
     """
     import torch
 
-    from medsweep import data
     from medsweep.hf import quiet_libraries
     from medsweep.training import precision
-    from medsweep.training.model import build_model, load_tokenizer
+    from medsweep.training.trial import build_trainer
 
     quiet_libraries()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     memory = memory or CudaMemory()
-    trainer = config["trainer"]
-    batch, length, eval_batch = trainer["batch_size"], trainer["max_length"], trainer["eval_batch_size"]
-    label_names = data.load_splits(config["data"]).label_names
-    vocab = len(load_tokenizer(config["model"]))
+    # One batch per optimizer step (no accumulation: the peak is one batch's), evaluated once at the end.
+    trainer_cfg = dict(config["trainer"], max_steps=steps, gradient_accumulation_steps=1, eval_every_steps=steps)
+    prepared = probe_data(config, trainer_cfg, steps)
     dtype = precision.resolve_dtype(config["model"]["dtype"])
     started = time.time()
     memory.reset()
-    shapes, out_of_memory = [], False
-    model = None
-    try:
-        model = build_model(config["model"], label_names)
-        if config["model"]["quantization"] == "none":
-            model = model.to(device)  # a 4-bit base is already on its GPU and cannot be moved
-        model.train()
-        # Ids the embedding has rows for (a tokenizer may know fewer tokens than the model, never more here).
-        vocab = min(vocab, model.get_input_embeddings().num_embeddings)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=1e-5, fused=device == "cuda")
-        generator = torch.Generator().manual_seed(0)
-
-        def inputs(rows: int) -> dict:
-            ids = torch.randint(0, vocab, (rows, length), generator=generator)
-            shapes.append(tuple(ids.shape))
-            return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
-                    "labels": torch.randint(0, len(label_names), (rows,), generator=generator).to(device)}
-
-        autocast = torch.autocast(device_type=device, dtype=dtype, enabled=dtype != torch.float32)
-        for _ in range(steps):
-            with autocast:
-                loss = model(**inputs(batch)).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        model.eval()
-        with torch.no_grad(), autocast:
-            model(**inputs(eval_batch))
+    shapes, out_of_memory, trainer = [], False, None
+    with tempfile.TemporaryDirectory(prefix="medsweep-probe-") as output_dir:
+        try:
+            trainer = build_trainer(config, trainer_cfg, prepared, dtype, output_dir, callbacks=[], save=False,
+                                    device=precision.Device(cuda=False) if device == "cpu" else None)
+            # What the model ran: every training and evaluation batch, as the Trainer handed it over.
+            trainer.model.register_forward_pre_hook(
+                lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+            trainer.train()
+        except torch.OutOfMemoryError:
+            out_of_memory = True
+        except FloatingPointError:
+            pass  # random inputs made the evaluation's outputs NaN: its batch had run, the memory is measured
         if device == "cuda":
             torch.cuda.synchronize()
-    except torch.OutOfMemoryError:
-        out_of_memory = True
-    reading = memory.read()
-    del model
+        # Read while the Trainer still holds the model and the optimizer's state.
+        reading = memory.read()
+        del trainer
     return {**reading, "out_of_memory": out_of_memory, "shapes": shapes, "steps": steps, "dtype": precision.dtype_name(dtype),
             "seconds": round(time.time() - started, 1)}
 

@@ -14,12 +14,18 @@ with Optuna's own API; StudyCloser settles what is left when the experiment ends
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from pathlib import Path
 
+import optuna
+from ray.tune import Callback
+from ray.tune.search.optuna import OptunaSearch
+
 from medsweep.config import ConfigError
 from medsweep.rundir import JOURNAL_FILE, STUDY_FILE, RunDir, atomic_write
+from medsweep.search import budget
+from medsweep.search.leaderboard import end_status
+
 # User attributes medsweep sets on the Optuna trials it creates.
 RAY_TRIAL = "ray_trial_id"
 EXPERIMENT = "medsweep_experiment"
@@ -43,7 +49,6 @@ def study_name(config: dict) -> str:
 
 def open_storage(url: str):
     """An Optuna storage for a URL (RDB) or a file path (journal)."""
-    import optuna
     from optuna.storages.journal import JournalFileBackend
 
     if is_url(url):
@@ -79,8 +84,6 @@ def recorded_objectives(config: dict) -> dict:
 def check_storage(config: dict) -> None:
     """Before Ray starts: an RDB URL that cannot be opened, or a study of that name that optimises in
     another direction, is one line."""
-    import optuna
-
     url = storage_url(config)
     if not is_url(url):
         if not Path(url).exists():
@@ -98,7 +101,6 @@ def check_storage(config: dict) -> None:
     if found is not None and [d.name.lower() for d in found.directions] != wanted:
         raise ConfigError(f"study {study_name(config)!r} in {redacted(url)} optimises "
                           f"{[d.name.lower() for d in found.directions]}, this sweep {wanted}; set sweep.study_name")
-    del optuna
 
 
 def write_study_file(config: dict, experiment: str) -> None:
@@ -114,94 +116,119 @@ def write_study_file(config: dict, experiment: str) -> None:
 
 
 def best_intermediate(frozen, mode: str):
-    values = [v for v in frozen.intermediate_values.values() if v is not None and not math.isnan(v)]
-    if not values:
-        return None
-    return max(values) if mode == "max" else min(values)
+    """A trial's best evaluation, by the one rule (plan.Objective); None when it has none."""
+    from medsweep.plan import Objective
+
+    return Objective("", mode).best_value(frozen.intermediate_values.values())
 
 
-def make_searcher(*, experiment: str, warm_trials: list | None = None, **kwargs):
-    """Ray's OptunaSearch, recording into the sweep's study (see the module docstring)."""
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
+class SweepSearch(OptunaSearch):
+    """Ray's OptunaSearch, recording into the sweep's study (see the module docstring).
 
-    class SweepSearch(OptunaSearch):
-        def _setup_study(self, mode):
-            # The earlier sweeps' trials go in before the points to evaluate (the base configuration) are
-            # enqueued, so the study's trial numbers follow what was known, then what this sweep tries.
-            # (space.check_points has validated the points already.)
-            points, self._points_to_evaluate = self._points_to_evaluate, []
-            super()._setup_study(mode)
-            self._add_warm_trials(warm_trials or [])
-            for point in points or []:
-                self._ot_study.enqueue_trial(point)
-            self._points_to_evaluate = points
+    `experiment` is Ray's experiment folder: every Optuna trial this searcher creates is tagged with
+    it, so that settle() finishes this experiment's trials and no other driver's. `warm_trials` are
+    the earlier sweeps' trials (warm_start_trials), added before the first new one.
 
-        def _add_warm_trials(self, trials: list) -> None:
-            """The earlier sweeps' trials, before the first new one, so TPE models them at once.
-            A study shared with another driver may hold them already: each is added once."""
-            if not trials:
-                return
-            present = {(t.user_attrs.get(WARM_FROM), t.user_attrs.get("source_trial"))
-                       for t in self._ot_study.get_trials(deepcopy=False)}
-            for trial in trials:
-                if (trial.user_attrs[WARM_FROM], trial.user_attrs["source_trial"]) not in present:
-                    self._ot_study.add_trial(trial)
+    Ray saves a searcher into the experiment state by pickling its __dict__ (OptunaSearch.save) and
+    puts that back into the searcher of a resumed sweep (restore): both live there as attributes,
+    and the class is importable by name, so a save/restore round trip keeps them.
+    """
 
-        def _frozen(self, trial_id: str):
-            ot_trial = self._ot_trials.get(trial_id)
-            return None if ot_trial is None else self._ot_study._storage.get_trial(ot_trial._trial_id)
+    def __init__(self, *, experiment: str, warm_trials: list | None = None, **kwargs):
+        # Set before OptunaSearch.__init__: given a space, it sets the study up at once (_setup_study).
+        self._experiment = experiment
+        self._warm_trials = list(warm_trials or [])
+        super().__init__(**kwargs)
 
-        def suggest(self, trial_id: str):
-            fresh = trial_id not in self._ot_trials
-            params = super().suggest(trial_id)
-            if fresh:
-                # Which Ray trial this is: a dashboard reader can find it in the leaderboard, and
-                # the end of the experiment can settle it (StudyCloser).
-                ot_trial = self._ot_trials[trial_id]
-                ot_trial.set_user_attr(RAY_TRIAL, trial_id)
-                ot_trial.set_user_attr(EXPERIMENT, experiment)
-            return params
+    def _setup_study(self, mode):
+        # The earlier sweeps' trials go in before the points to evaluate (the base configuration) are
+        # enqueued, so the study's trial numbers follow what was known, then what this sweep tries.
+        # (space.check_points has validated the points already.)
+        points, self._points_to_evaluate = self._points_to_evaluate, []
+        super()._setup_study(mode)
+        self._name_the_objectives()
+        self._add_warm_trials(self._warm_trials)
+        for point in points or []:
+            self._ot_study.enqueue_trial(point)
+        self._points_to_evaluate = points
 
-        def on_trial_result(self, trial_id: str, result: dict):
-            if isinstance(self.metric, list):
-                return  # Optuna takes no intermediate values for several objectives
-            frozen = self._frozen(trial_id)
-            # A resumed sweep replays evaluations the study already holds, or reports to a trial
-            # the study finished before the driver stopped: Optuna refuses both.
-            if (frozen is None or frozen.state.is_finished() or self.metric not in result
-                    or result.get("training_iteration") in frozen.intermediate_values):
-                return
-            super().on_trial_result(trial_id, result)
+    def _name_the_objectives(self) -> None:
+        """The study says what it optimises (optuna-dashboard shows "val_f1_macro", not "Objective 0")."""
+        names = list(self.metric) if isinstance(self.metric, list) else [self.metric]
+        if not all(names) or self._ot_study.metric_names == names:
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # set_metric_names is marked experimental
+            self._ot_study.set_metric_names(names)
 
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-            frozen = self._frozen(trial_id)
-            if frozen is None or frozen.state.is_finished():
-                self._completed_trials.add(trial_id)
-                return
+    def _add_warm_trials(self, trials: list) -> None:
+        """The earlier sweeps' trials, before the first new one, so TPE models them at once.
+        A study shared with another driver may hold them already: each is added once."""
+        if not trials:
+            return
+        present = {(t.user_attrs.get(WARM_FROM), t.user_attrs.get("source_trial"))
+                   for t in self._ot_study.get_trials(deepcopy=False)}
+        for trial in trials:
+            if (trial.user_attrs[WARM_FROM], trial.user_attrs["source_trial"]) not in present:
+                self._ot_study.add_trial(trial)
+
+    def _frozen(self, trial_id: str):
+        ot_trial = self._ot_trials.get(trial_id)
+        return None if ot_trial is None else self._ot_study._storage.get_trial(ot_trial._trial_id)
+
+    def suggest(self, trial_id: str):
+        fresh = trial_id not in self._ot_trials
+        params = super().suggest(trial_id)
+        if fresh:
+            # Which Ray trial this is: a dashboard reader can find it in the leaderboard, and
+            # the end of the experiment can settle it (StudyCloser).
             ot_trial = self._ot_trials[trial_id]
-            # Trials say whether their last evaluation was the final step; ASHA stopped the others.
-            final = bool(result) and result.get("final") is not False
-            status = "error" if error else "completed" if final else "early_stopped"
-            ot_trial.set_user_attr(STATUS, status)
-            if error or not result or isinstance(self.metric, list):
-                # Multi-objective Optuna has no pruning: Ray's tell (last values) stands.
-                return super().on_trial_complete(trial_id, result, error)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                # Tune hands a trial's last result to on_trial_complete only: it is an evaluation too.
-                self.on_trial_result(trial_id, result)
-                frozen = self._frozen(trial_id)
-                if final:
-                    # Each trial keeps (and promotion uses) its best evaluation: that is its value.
-                    value = best_intermediate(frozen, self.mode)
-                    value = value if value is not None else result.get(self.metric)
-                    self._ot_study.tell(ot_trial, value, state=optuna.trial.TrialState.COMPLETE)
-                else:
-                    # ASHA stopped it: PRUNED, valued by Optuna at its last intermediate value.
-                    self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
-            self._completed_trials.add(trial_id)
+            ot_trial.set_user_attr(RAY_TRIAL, trial_id)
+            ot_trial.set_user_attr(EXPERIMENT, self._experiment)
+        return params
 
+    def on_trial_result(self, trial_id: str, result: dict):
+        if isinstance(self.metric, list):
+            return  # Optuna takes no intermediate values for several objectives
+        frozen = self._frozen(trial_id)
+        # A resumed sweep replays evaluations the study already holds, or reports to a trial
+        # the study finished before the driver stopped: Optuna refuses both.
+        if (frozen is None or frozen.state.is_finished() or self.metric not in result
+                or result.get("training_iteration") in frozen.intermediate_values):
+            return
+        super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        frozen = self._frozen(trial_id)
+        if frozen is None or frozen.state.is_finished():
+            self._completed_trials.add(trial_id)
+            return
+        ot_trial = self._ot_trials[trial_id]
+        # Trials say whether their last evaluation was the final step; a scheduler stopped the others.
+        status = "error" if error else end_status(result)
+        final = status == "completed"
+        ot_trial.set_user_attr(STATUS, status)
+        if error or not result or isinstance(self.metric, list):
+            # Multi-objective Optuna has no pruning: Ray's tell (last values) stands.
+            return super().on_trial_complete(trial_id, result, error)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # Tune hands a trial's last result to on_trial_complete only: it is an evaluation too.
+            self.on_trial_result(trial_id, result)
+            frozen = self._frozen(trial_id)
+            if final:
+                # Each trial keeps (and promotion uses) its best evaluation: that is its value.
+                value = best_intermediate(frozen, self.mode)
+                value = value if value is not None else result.get(self.metric)
+                self._ot_study.tell(ot_trial, value, state=optuna.trial.TrialState.COMPLETE)
+            else:
+                # ASHA stopped it: PRUNED, valued by Optuna at its last intermediate value.
+                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
+
+
+def make_searcher(**kwargs) -> SweepSearch:
+    """The sweep's Optuna searcher (OptunaSearch's arguments, plus `experiment` and `warm_trials`)."""
     return SweepSearch(**kwargs)
 
 
@@ -212,8 +239,6 @@ def settle(url: str, name: str, experiment: str, trials: list, budget_stopped: b
     telling the searcher: those with evaluations become PRUNED (budget_stopped), the ones that
     never started FAIL (not_started). A trial the driver asked for just before it was killed, and
     that Ray's restored state does not know, FAILs as orphaned. Other drivers' trials are left alone."""
-    import optuna
-
     study = optuna.load_study(study_name=name, storage=open_storage(url))
     known = {t.trial_id for t in trials}
     settled = 0
@@ -233,19 +258,19 @@ def settle(url: str, name: str, experiment: str, trials: list, budget_stopped: b
     return settled
 
 
-def closer(config: dict, experiment: str):
+class StudyCloser(Callback):
     """A Ray callback that settles the study when the experiment ends (see settle)."""
-    from ray.tune import Callback
 
-    from medsweep.search import budget
+    def __init__(self, url: str, name: str, experiment: str, run_dir: Path):
+        self.url, self.name, self.experiment, self.run_dir = url, name, experiment, run_dir
 
-    url, name, run_dir = storage_url(config), study_name(config), Path(config["run_dir"]).resolve()
+    def on_experiment_end(self, trials, **info):
+        settle(self.url, self.name, self.experiment, trials, budget.exhausted(self.run_dir))
 
-    class StudyCloser(Callback):
-        def on_experiment_end(self, trials, **info):
-            settle(url, name, experiment, trials, budget.exhausted(run_dir))
 
-    return StudyCloser()
+def closer(config: dict, experiment: str) -> StudyCloser:
+    """The callback that settles this config's study when `experiment` ends."""
+    return StudyCloser(storage_url(config), study_name(config), experiment, Path(config["run_dir"]).resolve())
 
 
 # --- warm start ------------------------------------------------------------------------------------
@@ -264,9 +289,6 @@ def warm_start_trials(config: dict, fingerprints: dict | None = None) -> list:
     configurations and best values. With `fingerprints` (the new splits'), first check that each
     earlier run is comparable: same splits, same objective, same search dimensions. ConfigError
     (one line, naming the difference) otherwise."""
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
     from medsweep.search.space import build_search_space
 
     sweep = config["sweep"]

@@ -126,7 +126,7 @@ class SortedEvalTrainer(imbalance.WeightedLossTrainer):
 
 
 def training_arguments(trainer_cfg: dict, output_dir: str, dtype: torch.dtype, save: bool,
-                       cpus_per_trial: float = 1) -> TrainingArguments:
+                       cpus_per_trial: float = 1, device: Optional[precision.Device] = None) -> TrainingArguments:
     eval_every = trainer_cfg["eval_every_steps"]
     strategy = "steps" if eval_every else "epoch"
     return TrainingArguments(
@@ -152,7 +152,7 @@ def training_arguments(trainer_cfg: dict, output_dir: str, dtype: torch.dtype, s
         seed=trainer_cfg["seed"],
         train_sampling_strategy="group_by_length" if trainer_cfg["group_by_length"] else "random",
         # Autocast, TF32, fused AdamW, data loader workers: per device, in precision.training_kwargs.
-        **precision.training_kwargs(dtype, trainer_cfg, cpus_per_trial),
+        **precision.training_kwargs(dtype, trainer_cfg, cpus_per_trial, device),
         disable_tqdm=True,
     )
 
@@ -211,28 +211,41 @@ def evaluation_interval(trainer_cfg: dict, num_train: int) -> int:
     return max(1, math.ceil(optimizer_steps(trainer_cfg, num_train) / trainer_cfg["evaluations"]))
 
 
+def build_trainer(config: dict, trainer_cfg: dict, prepared: TrialData, dtype: torch.dtype, output_dir: str,
+                  callbacks: list, save: bool, device: Optional[precision.Device] = None) -> SortedEvalTrainer:
+    """The Trainer of one trial: a freshly seeded model, the trial's TrainingArguments, collator,
+    metrics and class weights over `prepared`. run_trial trains with it, and so does the GPU memory
+    probe (search/resources.py), so the probe measures the steps a trial takes. `device` (default:
+    this machine's) lets the probe run on a CPU where a GPU is present."""
+    label_names = prepared.splits.label_names
+    set_seed(trainer_cfg["seed"])
+    trainer = SortedEvalTrainer(
+        model=build_model(config["model"], label_names),
+        args=training_arguments(trainer_cfg, output_dir, dtype, save=save,
+                                cpus_per_trial=config["cluster"]["cpus_per_trial"], device=device),
+        train_dataset=prepared.train_set,
+        eval_dataset=prepared.val_set,
+        data_collator=DataCollatorWithPadding(prepared.tokenizer),
+        processing_class=prepared.tokenizer,
+        compute_metrics=functools.partial(compute_metrics, groups=prepared.val_groups),
+        callbacks=callbacks,
+        class_weights=imbalance.class_weights(prepared.train_rows["label"], len(label_names),
+                                              trainer_cfg["class_weighting"]),
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
 def fit(config: dict, trainer_cfg: dict, prepared: TrialData, reporter: EvaluationReporter, dtype: torch.dtype,
         save: bool, resume_from: Optional[str | Path]):
     """Train with the HF Trainer; on CUDA out-of-memory, retry from the last checkpoint with half the
     batch. Returns (TrainOutput, the trained model); `trainer_cfg` holds the batch size that fitted."""
-    label_names = prepared.splits.label_names
     with tempfile.TemporaryDirectory(prefix="medsweep-trainer-") as output_dir:
         while True:
-            set_seed(trainer_cfg["seed"])
-            net = build_model(config["model"], label_names)
-            trainer = SortedEvalTrainer(
-                model=net,
-                args=training_arguments(trainer_cfg, output_dir, dtype, save=save, cpus_per_trial=config["cluster"]["cpus_per_trial"]),
-                train_dataset=prepared.train_set,
-                eval_dataset=prepared.val_set,
-                data_collator=DataCollatorWithPadding(prepared.tokenizer),
-                processing_class=prepared.tokenizer,
-                compute_metrics=functools.partial(compute_metrics, groups=prepared.val_groups),
-                callbacks=[reporter, *progress.callbacks()],  # progress: the sweep console's steps/ETA
-                class_weights=imbalance.class_weights(prepared.train_rows["label"], len(label_names),
-                                                      trainer_cfg["class_weighting"]),
-            )
-            trainer.remove_callback(PrinterCallback)
+            # progress: the sweep console's steps/ETA.
+            trainer = build_trainer(config, trainer_cfg, prepared, dtype, output_dir, save=save,
+                                    callbacks=[reporter, *progress.callbacks()])
+            net = trainer.model
             try:
                 return trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None), net
             except torch.OutOfMemoryError:

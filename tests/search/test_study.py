@@ -13,6 +13,7 @@ import pytest
 
 from medsweep.config import ConfigError
 from medsweep.search import budget, study, sweep
+from medsweep.rundir import RunDir
 from medsweep.search.space import SearchSpace
 from tests.conftest import ROOT, compose_config, kill_driver_after_first_trial, run_cli
 
@@ -81,6 +82,8 @@ def test_optuna_dashboard_lists_the_study_over_http(smoke_sweep):
     finally:
         server.shutdown()
         server.server_close()
+    # The dashboard names the objective by the metric, not "Objective 0".
+    assert detail["objective_names"] == ["val_f1_macro"]
     rows = {r["trial_id"]: r for r in leaderboard(run_dir)}
     shown = {next(a["value"] for a in t["user_attrs"] if a["key"] == "ray_trial_id"): t for t in detail["trials"]}
     assert set(shown) == set(rows)
@@ -110,6 +113,33 @@ def test_an_early_stopped_trial_is_pruned_and_a_resumed_report_is_ignored(tmp_pa
     a, b = sorted(loaded.trials, key=lambda t: t.user_attrs["ray_trial_id"])
     assert (a.state.name, a.value, dict(a.intermediate_values)) == ("COMPLETE", 0.5, {1: 0.3, 2: 0.5, 3: 0.4, 4: 0.45})
     assert (b.state.name, b.value, b.user_attrs["medsweep_status"]) == ("PRUNED", 0.2, "early_stopped")
+
+
+def test_the_searcher_survives_ray_s_save_and_restore(tmp_path):
+    # A resumed sweep unpickles the searcher the Tuner was given (tuner.pkl), then restores into it
+    # the state Ray saved as the sweep ran (OptunaSearch.save: its __dict__, plain pickle).
+    import pickle
+
+    import optuna
+
+    config = compose_config(["+sweep=smoke", "sweep.num_trials=3"], run_dir=tmp_path)
+    space = SearchSpace(config["sweep"]["search_space"]).ray(config)
+    searcher = sweep.build_searcher(config, space)
+    as_given = pickle.dumps(searcher)
+    searcher.set_search_properties("val_f1_macro", "max", space)
+    searcher.suggest("a")
+    searcher.on_trial_result("a", {"val_f1_macro": 0.3, "training_iteration": 1, "final": False})
+    searcher.save(str(tmp_path / "searcher-state.pkl"))
+
+    restored = pickle.loads(as_given)
+    restored.restore(str(tmp_path / "searcher-state.pkl"))
+    assert isinstance(restored, study.SweepSearch) and restored._experiment == RunDir.of(config).experiment()
+    restored.on_trial_complete("a", {"val_f1_macro": 0.5, "training_iteration": 2, "final": True})
+    restored.suggest("b")
+    loaded = optuna.load_study(study_name="smoke", storage=study.open_storage(str(tmp_path / study.JOURNAL_FILE)))
+    a, b = sorted(loaded.trials, key=lambda t: t.user_attrs["ray_trial_id"])
+    assert (a.state.name, a.value, dict(a.intermediate_values)) == ("COMPLETE", 0.5, {1: 0.3, 2: 0.5})
+    assert b.state.name == "RUNNING" and b.user_attrs[study.EXPERIMENT] == RunDir.of(config).experiment()
 
 
 def test_an_rdb_study_that_optimises_the_other_way_is_refused_before_ray(tmp_path):
