@@ -24,8 +24,9 @@ from medsweep.config import ConfigError
 from medsweep.evaluation.metrics import bootstrap_intervals, resampled_metrics
 from medsweep.serving.inference import prediction_sets
 
-# A fitted temperature outside this range means the validation split or the model is broken (a
-# constant model, labels shuffled): refused rather than baked in.
+# A fitted temperature outside this range means the validation split or the model is broken (logits
+# that carry no information, labels shuffled): refused, never baked in (promotion then publishes the
+# model uncalibrated and says so: see promotion/release.py calibrate).
 TEMPERATURE_RANGE = (0.05, 20.0)
 # The search range of log T: wider than the accepted range, so an out-of-range fit is seen as one.
 _LOG_T_BOUNDS = (math.log(1e-3), math.log(1e3))
@@ -71,9 +72,8 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     temperature = float(math.exp(result.x))
     low, high = TEMPERATURE_RANGE
     if not (low <= temperature <= high) or not math.isfinite(temperature):
-        raise ConfigError(f"promote.calibrate: the fitted temperature {temperature:.4g} is outside [{low}, {high}] "
-                          f"(a degenerate model or validation split); nothing was promoted "
-                          f"(promote.calibrate=false promotes it uncalibrated)")
+        raise ConfigError(f"the fitted temperature {temperature:.4g} is outside [{low}, {high}] "
+                          f"(logits far over- or under-confident or carrying no information, or a degenerate validation split)")
     return temperature
 
 

@@ -66,8 +66,7 @@ def evaluate_test_split(model, tokenizer, config: dict, splits=None) -> tuple[np
 
 def calibrate(model, tokenizer, config: dict, validation, quantized: bool) -> dict:
     """Fit (and bake into `model`, before it is written) the temperature, and fit the conformal
-    threshold, on the validation split. Returns what the report and decision.json need; raises
-    ConfigError (one line) for a temperature outside calibration.TEMPERATURE_RANGE."""
+    threshold, on the validation split. Returns what the report and decision.json need."""
     settings = {**DEFAULT_DECISION, **(config.get("promote") or {})}
     labels = validation["label"].to_numpy()
     logits = split_logits(model, tokenizer, config, validation)
@@ -80,7 +79,16 @@ def calibrate(model, tokenizer, config: dict, validation, quantized: bool) -> di
         print(f"[medsweep] calibration skipped: {note}", flush=True)
         fitted.update(temperature=None, note=note)
     else:
-        temperature = calibration.fit_temperature(logits, labels)
+        try:
+            temperature = calibration.fit_temperature(logits, labels)
+        except ConfigError as exc:
+            # Refused, not baked. Promotion goes on uncalibrated (a sweep's best model still ships,
+            # e.g. a tiny or failed model whose logits carry no information) and says so.
+            note = f"temperature refused: {exc}; probabilities are the model's own"
+            print(f"[medsweep] calibration {note}", flush=True)
+            fitted.update(temperature=None, note=note)
+            fitted["threshold"] = calibration.lac_threshold(calibration.softmax(logits), labels, settings["coverage"])
+            return fitted
         calibration.bake_temperature(model, temperature)
         # The layer found must really be the one that makes the logits: checked on a few rows.
         check = validation.iloc[:8]

@@ -15,7 +15,7 @@ from medsweep.config import ConfigError
 from medsweep.evaluation.metrics import expected_calibration_error
 from medsweep.promotion import calibration, release
 from medsweep.promotion.release import promote_checkpoint
-from medsweep.release import layout, store
+from medsweep.release import layout
 from medsweep.serving import predict
 from medsweep.serving.inference import load_promoted, prediction_sets
 from tests.conftest import TINY, compose_config
@@ -81,21 +81,32 @@ def test_the_conformal_threshold_is_the_validation_splits(promoted):
     assert layout.read_settings(link).decision["conformal"]["threshold"] == pytest.approx(expected, abs=1e-5)
 
 
-def version_dirs(run_dir):
-    return sorted(p.name for p in (run_dir / "promoted-versions").iterdir())
-
-
-def test_a_temperature_outside_the_range_stops_promotion_before_anything_is_written(promoted, monkeypatch, capsys):
+def test_a_temperature_outside_the_range_is_refused_and_the_model_published_uncalibrated(promoted, monkeypatch, capsys):
+    """Refused in one line, never baked: a sweep's best model is still published (a tiny or failed
+    model's logits can carry no information: T -> infinity), uncalibrated, and says so."""
     kept, run_dir, link = promoted
-    before = (version_dirs(run_dir), os.path.realpath(link), store.read_history(run_dir))
-    real = release.split_logits
-    # A model whose validation logits are wildly over-confident: T ~ 1000.
-    monkeypatch.setattr(release, "split_logits", lambda *args: real(*args) * 1000.0)
-    with pytest.raises(ConfigError) as refused:
-        promote_checkpoint(kept, run_dir)
-    message = str(refused.value)
-    assert "outside [0.05, 20.0]" in message and len(message.splitlines()) == 1
-    assert (version_dirs(run_dir), os.path.realpath(link), store.read_history(run_dir)) == before
+    calibrated = layout.read_metrics(link)["calibration"]["temperature"]
+    real, calls = release.split_logits, []
+
+    def overconfident_validation(*args):
+        calls.append(1)
+        # The validation split's logits, wildly over-confident (T ~ 1000); the test split's as they are.
+        return real(*args) * (1000.0 if len(calls) == 1 else 1.0)
+
+    monkeypatch.setattr(release, "split_logits", overconfident_validation)
+    capsys.readouterr()
+    new = promote_checkpoint(kept, run_dir)
+    printed = [line for line in capsys.readouterr().out.splitlines() if "calibration" in line]
+    assert len(printed) == 1 and "temperature refused" in printed[0] and "outside [0.05, 20.0]" in printed[0]
+    report = layout.read_metrics(new)
+    assert report["version"] == "v002" and report["calibration"]["applied"] is False
+    assert report["calibration"]["temperature"] is None and "outside [0.05, 20.0]" in report["calibration"]["note"]
+    assert "not temperature-scaled" in (new / "README.md").read_text()
+    # Nothing was baked: the new folder's probabilities are the calibrated folder's logits times T.
+    scaled = load_promoted(run_dir / "promoted-versions" / "v001")
+    np.testing.assert_allclose(load_promoted(new).predict(TEXTS),
+                               calibration.softmax(np.log(scaled.predict(TEXTS)) * calibrated), atol=1e-5)
+    assert layout.read_settings(new).decision is not None  # the sets are still there, on the model's own probabilities
 
 
 def test_calibrate_false_bakes_nothing_and_still_writes_sets(promoted, tmp_path, monkeypatch):
@@ -116,6 +127,7 @@ def test_calibrate_false_bakes_nothing_and_still_writes_sets(promoted, tmp_path,
     assert "promote.calibrate=false" in (plain / "README.md").read_text()
     assert layout.read_settings(plain).decision["conformal"]["calibration_rows"] == report["calibration"]["rows"]
     # The calibrated folder's probabilities are the plain one's logits over T, same labels.
+    link = run_dir / "promoted-versions" / "v001"  # (the calibrated one: a test above published v002)
     temperature = layout.read_metrics(link)["calibration"]["temperature"]
     classify = lambda folder: pipeline("text-classification", model=str(folder), top_k=None)(TEXTS)  # noqa: E731
     labels = layout.read_settings(plain).label_names
