@@ -244,6 +244,8 @@ def calibration_section(report: dict) -> list[str]:
         lines += table(["test metric (lower is better)", "before", "95% CI", "after", "95% CI"],
                        [[name, number(before[key]), interval(before["ci"].get(key)), number(after[key]),
                          interval(after["ci"].get(key))] for key, name in names]) + [""]
+        if section.get("note"):
+            lines += [f"Note: {section['note']}.", ""]
     else:
         lines += [f"The probabilities are not temperature-scaled: {section.get('note', '')}.", ""]
     if conformal:

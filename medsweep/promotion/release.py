@@ -113,8 +113,10 @@ def calibration_report(fitted: dict, labels: np.ndarray, logits: np.ndarray, lab
     temperature = fitted["temperature"]
     section = {"applied": temperature is not None, "method": "temperature scaling (validation NLL)",
                "temperature": temperature, "fitted_on": "validation", "rows": fitted["rows"]}
+    if fitted.get("note"):
+        section["note"] = fitted["note"]
     if temperature is None:
-        section.update(note=fitted["note"], test={"as_served": scores(probs)})
+        section["test"] = {"as_served": scores(probs)}
     else:
         section["test"] = {"before": scores(calibration.softmax(logits * temperature)), "after": scores(probs)}
     conformal = {"method": "lac", "coverage": fitted["coverage"], "threshold": fitted["threshold"],
@@ -210,6 +212,10 @@ def promote_checkpoint(checkpoint_dir: str | Path, run_dir: str | Path, provenan
             fitted.update(calibrate(model, tokenizer, config, splits.validation, quantized))
 
         model, tokenizer = stage_model(checkpoint_dir, version.folder, info, trust_remote_code, prepare)
+        if fitted["temperature"] is not None and is_adapter_checkpoint(checkpoint_dir):
+            # The merged weights are scaled; the LoRA copy kept under adapter/ is the checkpoint's, as it was.
+            fitted["note"] = (f"adapter/ (kept for PEFT users) holds the unscaled classifier head: divide its logits "
+                              f"by T = {fitted['temperature']:.6g} for the calibrated probabilities")
         layout.write_decision(version.folder, {"conformal": {
             "method": "lac", "coverage": fitted["coverage"], "threshold": fitted["threshold"],
             "calibration_rows": fitted["rows"]}})

@@ -163,6 +163,7 @@ def test_the_temperature_is_baked_into_the_merged_layouts_and_sets_are_in_every_
         return
     temperature = report["calibration"]["temperature"]
     assert report["calibration"]["applied"] and abs(temperature - 1.0) > 1e-3  # a real T, not a no-op
+    assert ("unscaled classifier head" in report["calibration"].get("note", "")) == (kind == "merged_lora")
     logits = unbaked_logits(link, TEXTS)
     expected = np.exp(logits / temperature) / np.exp(logits / temperature).sum(axis=1, keepdims=True)
     labels = layout.read_settings(link).label_names
