@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from medsweep import data
-from medsweep.promotion import calibration
+from medsweep.config import ConfigError
 from medsweep.evaluation import subgroups
 from medsweep.evaluation.metrics import name_per_class, scores_with_intervals
 from medsweep.hf import quiet_libraries
-from medsweep.config import ConfigError
 from medsweep.plan import primary
+from medsweep.promotion import calibration
 from medsweep.promotion.card import render
 from medsweep.release import layout, store
 from medsweep.serving.inference import predict_logits
@@ -70,25 +70,22 @@ def calibrate(model, tokenizer, config: dict, validation, quantized: bool) -> di
     settings = {**DEFAULT_DECISION, **(config.get("promote") or {})}
     labels = validation["label"].to_numpy()
     logits = split_logits(model, tokenizer, config, validation)
-    fitted = {"rows": int(len(labels)), "coverage": float(settings["coverage"])}
+    temperature, note = None, None
     if not settings["calibrate"]:
-        fitted.update(temperature=None, note="promote.calibrate=false: probabilities are the model's own")
+        note = "promote.calibrate=false: probabilities are the model's own"
     elif quantized:
         note = ("the adapter layout (4-bit base) is not temperature-scaled: its classifier head lives in adapter/; "
                 "probabilities are the model's own")
         print(f"[medsweep] calibration skipped: {note}", flush=True)
-        fitted.update(temperature=None, note=note)
     else:
         try:
             temperature = calibration.fit_temperature(logits, labels)
         except ConfigError as exc:
-            # Refused, not baked. Promotion goes on uncalibrated (a sweep's best model still ships,
+            # Refused, never baked. Promotion goes on uncalibrated (a sweep's best model still ships,
             # e.g. a tiny or failed model whose logits carry no information) and says so.
             note = f"temperature refused: {exc}; probabilities are the model's own"
             print(f"[medsweep] calibration {note}", flush=True)
-            fitted.update(temperature=None, note=note)
-            fitted["threshold"] = calibration.lac_threshold(calibration.softmax(logits), labels, settings["coverage"])
-            return fitted
+    if temperature is not None:
         calibration.bake_temperature(model, temperature)
         # The layer found must really be the one that makes the logits: checked on a few rows.
         check = validation.iloc[:8]
@@ -97,7 +94,8 @@ def calibrate(model, tokenizer, config: dict, validation, quantized: bool) -> di
             raise ConfigError("promote.calibrate: scaling the classifier layer did not scale the logits "
                               f"({type(model).__name__}); promote.calibrate=false promotes it uncalibrated")
         logits = logits / temperature
-        fitted.update(temperature=temperature)
+    fitted = {"rows": int(len(labels)), "coverage": float(settings["coverage"]), "temperature": temperature,
+              "note": note}
     probs = calibration.softmax(logits)
     fitted["threshold"] = calibration.lac_threshold(probs, labels, settings["coverage"])
     return fitted

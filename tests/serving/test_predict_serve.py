@@ -300,6 +300,7 @@ def stop(proc: subprocess.Popen) -> None:
     ({serve.TOKEN_ENV: TOKEN + "\n"}, [], "starts or ends with whitespace"),
     ({serve.TOKEN_ENV: " " + TOKEN}, [], "starts or ends with whitespace"),
     ({serve.TOKEN_ENV: TOKEN[:8] + " " + TOKEN[8:]}, [], "printable ASCII without spaces"),
+    ({serve.TOKEN_ENV: TOKEN}, ["refer_when=set_size>>1"], "refer_when must look like set_size>1"),
 ])
 def test_serve_refuses_to_start_without_a_proper_token(promoted, tmp_path, env, args, message):
     proc = start_server([f"model={promoted}", *args], env, tmp_path / "serve.log")
