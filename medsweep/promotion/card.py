@@ -264,7 +264,8 @@ def calibration_section(report: dict) -> list[str]:
                        [[name, c["rows"], number(c["coverage"]), number(c["mean_set_size"])]
                         for name, c in test["per_class"].items()]) + [""]
         lines += ["`medsweep.predict` writes each row's set (`prediction_set`), `medsweep.serve` returns it "
-                  "(`prediction_set`, `set_size`); `refer_when=set_size>1` turns an uncertain label into `refer`.", ""]
+                  "(`prediction_set`, `set_size`); `refer_when=set_size>1` turns an uncertain label into `refer` "
+                  "(`set_size!=1` refers empty sets too: no label is plausible enough).", ""]
     return lines
 
 

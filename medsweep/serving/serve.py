@@ -2,10 +2,13 @@
 
     MEDSWEEP_API_TOKEN=<secret> python -m medsweep.serve model=<promoted dir> [host=127.0.0.1] [port=8000]
         [max_request_bytes=1000000] [max_batch=64] [allow_no_auth=false] [batch_texts=64] [batch_wait_ms=0]
+        [refer_when=set_size>1]
 
 GET /health (no token): {"status": "ok", "version", "labels"} of the model being served.
 POST /predict with `Authorization: Bearer <token>` and {"texts": [...], "text_pairs": [...]?}:
-{"version", "labels", "predictions": [{"label", "probabilities": {label: p}}]}, in input order.
+{"version", "labels", "predictions": [{"label", "probabilities": {label: p}}]}, in input order; a model
+folder with a conformal threshold (decision.json) adds "prediction_set" (labels) and "set_size" to each
+prediction, and refer_when=set_size>1 (or set_size!=1, which refers empty sets too) answers "refer".
 POST /reload (token) or SIGHUP: load `model=` again (a `promoted` link is resolved anew) and swap it
 in once loaded; requests in flight finish on the old model; a folder that cannot be loaded is 409
 and the old model keeps serving. GET /openapi.json needs the token too.
