@@ -225,6 +225,11 @@ class PromoteConfig:
     # the top_k configurations are re-trained on all training rows (with trainer.seed and each extra
     # seed; same epochs, so more steps) and promoted from those runs. false: promote the search runs.
     refit: bool = True
+    # Probabilities a clinician can act on (promotion/calibration.py): one temperature fitted on the
+    # validation split and baked into the promoted weights (merged layout), and split-conformal (LAC)
+    # prediction sets that hold the true label with probability `coverage` on exchangeable data.
+    calibrate: bool = True
+    coverage: float = 0.9
 
 
 @dataclass
@@ -316,6 +321,7 @@ def validate(config: dict) -> None:
         (len(set(p["seeds"])) == len(p["seeds"]), f"promote.seeds must not repeat a seed, got {p['seeds']}"),
         (t["seed"] not in p["seeds"], f"promote.seeds are extra seeds: they must not contain trainer.seed ({t['seed']}), which the sweep already ran"),
         (p["bootstrap_resamples"] >= 100, f"promote.bootstrap_resamples must be >= 100, got {p['bootstrap_resamples']}"),
+        (0.5 <= p["coverage"] < 1.0, f"promote.coverage must be in [0.5, 1), got {p['coverage']}"),
         (c["cpus_per_trial"] > 0, f"cluster.cpus_per_trial must be > 0, got {c['cpus_per_trial']}"),
         (gpu_share_ok(c["gpus_per_trial"]), f"cluster.gpus_per_trial must be a number >= 0 or auto, got {c['gpus_per_trial']!r}"),
         (tr["name"] in TRACKERS, f"tracker.name must be one of {TRACKERS}, got {tr['name']!r}"),

@@ -228,6 +228,47 @@ def subgroup_section(subgroups: dict) -> list[str]:
     return lines
 
 
+def calibration_section(report: dict) -> list[str]:
+    """The "Calibration and prediction sets" section (promotion/calibration.py's numbers in metrics.json)."""
+    section, conformal = report.get("calibration"), report.get("conformal")
+    if not section:
+        return []
+    lines = ["## Calibration and prediction sets", ""]
+    if section["applied"]:
+        lines += [f"The probabilities are temperature-scaled: one temperature T = {section['temperature']:.4f}, fitted on "
+                  f"the {section['rows']} validation rows by minimising the negative log-likelihood, is baked into the "
+                  "classifier layer of the weights, so every loader (`transformers.pipeline`, `medsweep.predict`, "
+                  "`medsweep.serve`) returns the calibrated probabilities. T changes no predicted label.", ""]
+        before, after = section["test"]["before"], section["test"]["after"]
+        names = [("ece", "expected calibration error"), ("nll", "negative log-likelihood"), ("brier", "Brier score")]
+        lines += table(["test metric (lower is better)", "before", "95% CI", "after", "95% CI"],
+                       [[name, number(before[key]), interval(before["ci"].get(key)), number(after[key]),
+                         interval(after["ci"].get(key))] for key, name in names]) + [""]
+        if section.get("note"):
+            lines += [f"Note: {section['note']}.", ""]
+    else:
+        lines += [f"The probabilities are not temperature-scaled: {section.get('note', '')}.", ""]
+    if conformal:
+        test = conformal["test"]
+        ci = test["coverage_ci"]
+        lines += [f"Prediction sets (split-conformal, LAC score) at a target coverage of {conformal['coverage']:.0%}: "
+                  f"a label is in the set when 1 - p(label) <= {conformal['threshold']:.4f} (the threshold fitted on "
+                  f"the {conformal['calibration_rows']} validation rows, stored in `decision.json`). On data exchangeable "
+                  "with the validation split a set holds the true label at least that often; the validation split also "
+                  "chose the checkpoint and the temperature, so the test coverage below is the honest check.", "",
+                  f"Test coverage: {number(test['coverage'])} (95% Clopper-Pearson CI {interval(ci['interval'])}, "
+                  f"{test['rows']} rows); mean set size {number(test['mean_set_size'])}; sets with one label "
+                  f"{test['set_size_share']['one']:.0%}, more than one {test['set_size_share']['more']:.0%}, "
+                  f"none {test['set_size_share']['empty']:.0%}.", ""]
+        lines += table(["true label", "test rows", "coverage", "mean set size"],
+                       [[name, c["rows"], number(c["coverage"]), number(c["mean_set_size"])]
+                        for name, c in test["per_class"].items()]) + [""]
+        lines += ["`medsweep.predict` writes each row's set (`prediction_set`), `medsweep.serve` returns it "
+                  "(`prediction_set`, `set_size`); `refer_when=set_size>1` turns an uncertain label into `refer` "
+                  "(`set_size!=1` refers empty sets too: no label is plausible enough).", ""]
+    return lines
+
+
 def usage_section() -> list[str]:
     return ["## How to use", "", "```python", "from transformers import pipeline",
             'classify = pipeline("text-classification", model="path/to/promoted", top_k=None)',
@@ -281,5 +322,6 @@ def render(report: dict) -> str:
              *selection_section(report), *range_section(report), *evaluation_section(report)]
     if report.get("subgroups"):
         lines += subgroup_section(report["subgroups"])
+    lines += calibration_section(report)
     lines += [*usage_section(), *limitations_section(report)]
     return "\n".join(lines) + "\n"

@@ -8,6 +8,12 @@ into a version: the model, the test split's scores, metrics.json and the card.
 
 The test split is scored here and only here, once per promotion: test metrics, their bootstrap
 confidence intervals and the confusion matrix.
+
+Before it is scored, the staged model is calibrated on the validation split (promote.calibrate,
+promotion/calibration.py): a temperature baked into the written weights (merged layout), and the
+split-conformal threshold at promote.coverage written to decision.json (either layout). The test
+split then reports calibration before/after (the "before" probabilities are the calibrated logits
+times T: no second pass) and the sets' empirical coverage.
 """
 
 from __future__ import annotations
@@ -18,37 +24,109 @@ from pathlib import Path
 import numpy as np
 
 from medsweep import data
+from medsweep.config import ConfigError
 from medsweep.evaluation import subgroups
 from medsweep.evaluation.metrics import name_per_class, scores_with_intervals
 from medsweep.hf import quiet_libraries
 from medsweep.plan import primary
+from medsweep.promotion import calibration
 from medsweep.promotion.card import render
 from medsweep.release import layout, store
-from medsweep.serving.inference import predict_proba
+from medsweep.serving.inference import predict_logits
 from medsweep.training.model import is_adapter_checkpoint, is_quantized, load_checkpoint, read_checkpoint_info
 from medsweep.training.precision import base_reference
 
 # Used when a checkpoint's config predates these settings.
 DEFAULT_BOOTSTRAP = {"bootstrap_resamples": 1000, "bootstrap_seed": 0}
+DEFAULT_DECISION = {"calibrate": True, "coverage": 0.9}
 CONFIDENCE = 0.95
 
 
-def evaluate_test_split(model, tokenizer, config: dict, splits=None) -> tuple[np.ndarray, np.ndarray, dict, dict]:
-    """Labels and predicted probabilities on the test split (the only time it is scored), the data
-    summary, and the test rows' group values (data.group_columns) for the subgroup audit. `splits`:
-    the driver's, already loaded (read here only when a checkpoint is promoted on its own)."""
-    # A refit trained on every training row: its record describes those rows, not the search's subset.
-    splits = splits.as_configured(config["data"]) if splits is not None else data.load_splits(config["data"])
-    test = splits.test
-    pairs = test["text_pair"].tolist() if "text_pair" in test.columns else None
-    probs = predict_proba(model, tokenizer, test["text"].tolist(), pairs,
+def configured_splits(config: dict, splits=None):
+    """The splits this checkpoint is promoted with: the driver's (a refit's record describes every
+    training row, not the search's subset), or read here when a checkpoint is promoted on its own."""
+    return splits.as_configured(config["data"]) if splits is not None else data.load_splits(config["data"])
+
+
+def split_logits(model, tokenizer, config: dict, frame) -> np.ndarray:
+    pairs = frame["text_pair"].tolist() if "text_pair" in frame.columns else None
+    return predict_logits(model, tokenizer, frame["text"].tolist(), pairs,
                           max_length=config["trainer"]["max_length"], batch_size=config["trainer"]["eval_batch_size"])
-    return test["label"].to_numpy(), probs, splits.summary, subgroups.group_columns(test)
 
 
-def stage_model(checkpoint_dir: Path, staging: Path, info: dict, trust_remote_code: bool = False):
+def evaluate_test_split(model, tokenizer, config: dict, splits=None) -> tuple[np.ndarray, np.ndarray, dict, dict, np.ndarray]:
+    """Labels and predicted probabilities on the test split (the only time it is scored), the data
+    summary, the test rows' group values (data.group_columns) for the subgroup audit, and the logits.
+    `splits`: the driver's, already loaded (read here only when a checkpoint is promoted on its own)."""
+    splits = configured_splits(config, splits)
+    test = splits.test
+    logits = split_logits(model, tokenizer, config, test)
+    return test["label"].to_numpy(), calibration.softmax(logits), splits.summary, subgroups.group_columns(test), logits
+
+
+def calibrate(model, tokenizer, config: dict, validation, quantized: bool) -> dict:
+    """Fit (and bake into `model`, before it is written) the temperature, and fit the conformal
+    threshold, on the validation split. Returns what the report and decision.json need."""
+    settings = {**DEFAULT_DECISION, **(config.get("promote") or {})}
+    labels = validation["label"].to_numpy()
+    logits = split_logits(model, tokenizer, config, validation)
+    temperature, note = None, None
+    if not settings["calibrate"]:
+        note = "promote.calibrate=false: probabilities are the model's own"
+    elif quantized:
+        note = ("the adapter layout (4-bit base) is not temperature-scaled: its classifier head lives in adapter/; "
+                "probabilities are the model's own")
+        print(f"[medsweep] calibration skipped: {note}", flush=True)
+    else:
+        try:
+            temperature = calibration.fit_temperature(logits, labels)
+        except ConfigError as exc:
+            # Refused, never baked. Promotion goes on uncalibrated (a sweep's best model still ships,
+            # e.g. a tiny or failed model whose logits carry no information) and says so.
+            note = f"temperature refused: {exc}; probabilities are the model's own"
+            print(f"[medsweep] calibration {note}", flush=True)
+    if temperature is not None:
+        calibration.bake_temperature(model, temperature)
+        # The layer found must really be the one that makes the logits: checked on a few rows.
+        check = validation.iloc[:8]
+        baked = split_logits(model, tokenizer, config, check)
+        if not np.allclose(baked, logits[:len(check)] / temperature, rtol=1e-3, atol=1e-4):
+            raise ConfigError("promote.calibrate: scaling the classifier layer did not scale the logits "
+                              f"({type(model).__name__}); promote.calibrate=false promotes it uncalibrated")
+        logits = logits / temperature
+    fitted = {"rows": int(len(labels)), "coverage": float(settings["coverage"]), "temperature": temperature,
+              "note": note}
+    probs = calibration.softmax(logits)
+    fitted["threshold"] = calibration.lac_threshold(probs, labels, settings["coverage"])
+    return fitted
+
+
+def calibration_report(fitted: dict, labels: np.ndarray, logits: np.ndarray, label_names: list[str],
+                       config: dict) -> dict:
+    """metrics.json's `calibration` and `conformal` sections, from the test split's (calibrated) logits."""
+    bootstrap = {**DEFAULT_BOOTSTRAP, **(config.get("promote") or {})}
+    scores = lambda probs: calibration.probability_scores(labels, probs, bootstrap["bootstrap_resamples"],  # noqa: E731
+                                                          bootstrap["bootstrap_seed"], CONFIDENCE)
+    probs = calibration.softmax(logits)
+    temperature = fitted["temperature"]
+    section = {"applied": temperature is not None, "method": "temperature scaling (validation NLL)",
+               "temperature": temperature, "fitted_on": "validation", "rows": fitted["rows"]}
+    if fitted.get("note"):
+        section["note"] = fitted["note"]
+    if temperature is None:
+        section["test"] = {"as_served": scores(probs)}
+    else:
+        section["test"] = {"before": scores(calibration.softmax(logits * temperature)), "after": scores(probs)}
+    conformal = {"method": "lac", "coverage": fitted["coverage"], "threshold": fitted["threshold"],
+                 "calibration_rows": fitted["rows"], "fitted_on": "validation",
+                 "test": calibration.conformal_report(labels, probs, fitted["threshold"], label_names, CONFIDENCE)}
+    return {"calibration": section, "conformal": conformal}
+
+
+def stage_model(checkpoint_dir: Path, staging: Path, info: dict, trust_remote_code: bool = False, prepare=None):
     """The checkpoint's model into the staging folder, in the layout its base allows; returns
-    (model, tokenizer) for scoring the test split."""
+    (model, tokenizer) for scoring the test split. `prepare(model, tokenizer, quantized)` runs before
+    anything is written (calibration bakes its temperature there)."""
     from transformers import AutoTokenizer
 
     model_cfg = info["config"]["model"]
@@ -56,6 +134,8 @@ def stage_model(checkpoint_dir: Path, staging: Path, info: dict, trust_remote_co
     model = load_checkpoint(checkpoint_dir, merge=True, trust_remote_code=trust_remote_code)  # a 4-bit base stays unmerged
     tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, trust_remote_code=trust_remote_code)
     quantized = is_quantized(model_cfg)
+    if prepare is not None:
+        prepare(model, tokenizer, quantized)
     layout.write_model(staging, None if quantized else model, tokenizer,
                        adapter_source=checkpoint_dir if is_adapter_checkpoint(checkpoint_dir) else None,
                        base_reference=base_reference(model_cfg, info["label_names"]) if quantized else None,
@@ -122,12 +202,27 @@ def promote_checkpoint(checkpoint_dir: str | Path, run_dir: str | Path, provenan
     quiet_libraries()
     with store.new_version(run_dir, history_entry) as version:
         info = read_checkpoint_info(checkpoint_dir)
-        model, tokenizer = stage_model(checkpoint_dir, version.folder, info, trust_remote_code)
-        labels, probs, data_summary, groups = evaluate_test_split(model, tokenizer, info["config"], splits)
+        config = info["config"]
+        splits = configured_splits(config, splits)
+        fitted = {}
+
+        def prepare(model, tokenizer, quantized):
+            fitted.update(calibrate(model, tokenizer, config, splits.validation, quantized))
+
+        model, tokenizer = stage_model(checkpoint_dir, version.folder, info, trust_remote_code, prepare)
+        if fitted["temperature"] is not None and is_adapter_checkpoint(checkpoint_dir):
+            # The merged weights are scaled; the LoRA copy kept under adapter/ is the checkpoint's, as it was.
+            fitted["note"] = (f"adapter/ (kept for PEFT users) holds the unscaled classifier head: divide its logits "
+                              f"by T = {fitted['temperature']:.6g} for the calibrated probabilities")
+        layout.write_decision(version.folder, {"conformal": {
+            "method": "lac", "coverage": fitted["coverage"], "threshold": fitted["threshold"],
+            "calibration_rows": fitted["rows"]}})
+        labels, probs, data_summary, groups, logits = evaluate_test_split(model, tokenizer, config, splits)
         report = {"version": version.name, "previous_version": version.previous,
                   "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   **promotion_report(info, labels, probs, data_summary, groups,
-                                     {"checkpoint": str(checkpoint_dir), **(provenance or {})})}
+                                     {"checkpoint": str(checkpoint_dir), **(provenance or {})}),
+                  **calibration_report(fitted, labels, logits, info["label_names"], config)}
         layout.write_record(version.folder, report, info["config"], labels, probs, info["label_names"])
         write_model_card(version.folder, report)
         return version.publish(history_entry(report))

@@ -40,6 +40,7 @@ SETTINGS_FILE = "medsweep_config.yaml"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "test_predictions.npz"
 CARD_FILE = "README.md"
+DECISION_FILE = "decision.json"  # how probabilities become decisions: the conformal threshold (optional)
 TRIAL_FILE = "trial.json"  # the checkpoint's record (training/model.py writes it), copied as it is
 MERGED, ADAPTER = "merged", "adapter"
 # The precisions a base reference may name (config.DTYPES without "auto": a written reference is resolved).
@@ -92,6 +93,15 @@ def write_record(folder: Path, report: dict, config: dict, labels, probs, label_
     (folder / SETTINGS_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
 
 
+def write_decision(folder: Path, decision: dict) -> Path:
+    """decision.json: {"conformal": {method, coverage, threshold, calibration_rows}}, checked as it
+    will be read (a folder is never written with a file its readers would refuse)."""
+    path = Path(folder) / DECISION_FILE
+    check_decision(decision, str(path))
+    path.write_text(json.dumps(decision, indent=2))
+    return path
+
+
 def write_card(folder: Path, text: str) -> Path:
     """The model card (README.md, rendered by promotion/card.py from metrics.json)."""
     path = Path(folder) / CARD_FILE
@@ -113,6 +123,8 @@ class Settings:
     max_length: int = 512
     batch_size: int = 64
     version: Optional[str] = None
+    # decision.json, type-checked (check_decision); None: a folder without one (promoted before it).
+    decision: Optional[dict] = None
 
 
 def _field(container: dict, key: str, kinds, where: str, default=None):
@@ -175,7 +187,38 @@ def read_settings(path: str | Path) -> Settings:
     if (folder / METRICS_FILE).exists():
         values["version"] = _field(_read_mapping(folder / METRICS_FILE), "version", (str, type(None)),
                                    str(folder / METRICS_FILE))
+    if (folder / DECISION_FILE).exists():
+        values["decision"] = check_decision(_read_mapping(folder / DECISION_FILE), str(folder / DECISION_FILE))
     return Settings(folder=folder, layout=layout, label_names=label_names, **values)
+
+
+DECISION_FIELDS = ("conformal",)
+CONFORMAL_FIELDS = ("method", "coverage", "threshold", "calibration_rows")
+CONFORMAL_METHODS = ("lac",)
+
+
+def check_decision(decision: dict, where: str) -> dict:
+    """The fields of decision.json, type- and range-checked; an unknown field is refused."""
+    import math
+
+    unknown = sorted(set(decision) - set(DECISION_FIELDS)) if isinstance(decision, dict) else []
+    conformal = _field(decision, "conformal", dict, where)
+    unknown += sorted(set(conformal) - set(CONFORMAL_FIELDS))
+    if unknown:
+        raise ConfigError(f"{where}: unexpected field(s) {', '.join(map(repr, unknown[:5]))}")
+    checked = {"method": _field(conformal, "method", str, where),
+               "coverage": float(_field(conformal, "coverage", (int, float), where)),
+               "threshold": float(_field(conformal, "threshold", (int, float), where)),
+               "calibration_rows": _field(conformal, "calibration_rows", int, where)}
+    if checked["method"] not in CONFORMAL_METHODS:
+        raise ConfigError(f"{where}: conformal method must be one of {CONFORMAL_METHODS}, got {checked['method'][:40]!r}")
+    if not (math.isfinite(checked["coverage"]) and 0.0 < checked["coverage"] < 1.0):
+        raise ConfigError(f"{where}: conformal coverage must be strictly between 0 and 1, got {checked['coverage']!r}")
+    if not (math.isfinite(checked["threshold"]) and 0.0 <= checked["threshold"] <= 1.0):
+        raise ConfigError(f"{where}: conformal threshold must be in [0, 1], got {checked['threshold']!r}")
+    if checked["calibration_rows"] < 1:
+        raise ConfigError(f"{where}: conformal calibration_rows must be >= 1, got {checked['calibration_rows']}")
+    return {"conformal": checked}
 
 
 def _label_names(model_config: dict, where: Path) -> list[str]:

@@ -20,6 +20,17 @@ from medsweep.release import layout
 def predict_proba(model, tokenizer, texts: Sequence[str], pairs: Optional[Sequence[str]] = None,
                   max_length: int = 128, batch_size: int = 64) -> np.ndarray:
     """(len(texts), num_labels) softmax probabilities, in input order."""
+    return _forward(model, tokenizer, texts, pairs, max_length, batch_size, softmax=True)
+
+
+def predict_logits(model, tokenizer, texts: Sequence[str], pairs: Optional[Sequence[str]] = None,
+                   max_length: int = 128, batch_size: int = 64) -> np.ndarray:
+    """(len(texts), num_labels) logits (float32 from the model, as float64), in input order: what
+    promotion fits a temperature on (promotion/calibration.py)."""
+    return _forward(model, tokenizer, texts, pairs, max_length, batch_size, softmax=False)
+
+
+def _forward(model, tokenizer, texts, pairs, max_length: int, batch_size: int, softmax: bool) -> np.ndarray:
     import torch
 
     model.eval()
@@ -33,8 +44,41 @@ def predict_proba(model, tokenizer, texts: Sequence[str], pairs: Optional[Sequen
             batch = tokenizer([texts[i] for i in idx], [pairs[i] for i in idx] if pairs is not None else None,
                               truncation=True, max_length=max_length, padding=True, return_tensors="pt").to(device)
             logits = model(**batch).logits.float()
-            probs[idx] = torch.softmax(logits, dim=-1).cpu().numpy()
+            probs[idx] = (torch.softmax(logits, dim=-1) if softmax else logits).cpu().numpy()
     return probs
+
+
+def prediction_sets(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """(n, num_labels) booleans: the split-conformal (LAC) set of each row, every label whose
+    score 1 - p is at most `threshold` (the promoted folder's decision.json)."""
+    return (1.0 - np.asarray(probs, dtype=np.float64)) <= threshold
+
+
+REFER_LABEL = "refer"
+_REFER_OPERATORS = {">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equal,
+                    "==": np.equal, "!=": np.not_equal}
+
+
+def refer_rule(text: Optional[str]):
+    """`refer_when=set_size>1` (any of > >= < <= == != and a whole number) as a function of the set
+    sizes returning which rows are referred; None for no rule. Raises ConfigError (one line)."""
+    import re
+
+    if not text:
+        return None
+    match = re.fullmatch(r"\s*set_size\s*(>=|<=|==|!=|>|<)\s*(\d+)\s*", text)
+    if match is None:
+        raise ConfigError(f"refer_when must look like set_size>1 (set_size, one of {' '.join(_REFER_OPERATORS)}, "
+                          f"a whole number), got {text[:60]!r}")
+    operator, bound = _REFER_OPERATORS[match.group(1)], int(match.group(2))
+    return lambda sizes: operator(np.asarray(sizes), bound)
+
+
+def check_refer_rule(rule, promoted: "PromotedModel") -> None:
+    """A referral rule needs prediction sets: a folder without decision.json is refused in one line."""
+    if rule is not None and promoted.conformal_threshold is None:
+        raise ConfigError("refer_when needs prediction sets, and this model folder has none "
+                          "(no decision.json: promoted before conformal sets, or without them)")
 
 
 @dataclass
@@ -51,6 +95,12 @@ class PromotedModel:
     version: Optional[str] = None
     folder: Optional[Path] = None  # the version folder it was loaded from
     source: Optional[Path] = None  # the path it was asked to load (a `promoted` link): what a reload reads again
+    # The folder's split-conformal threshold (decision.json); None: a folder without one, no sets.
+    conformal_threshold: Optional[float] = None
+
+    def sets(self, probs: np.ndarray) -> Optional[np.ndarray]:
+        """The prediction sets of these probabilities (booleans per label), or None without a threshold."""
+        return None if self.conformal_threshold is None else prediction_sets(probs, self.conformal_threshold)
 
     def predict(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> np.ndarray:
         return predict_proba(self.model, self.tokenizer, list(texts), list(pairs) if pairs is not None else None,
@@ -73,8 +123,10 @@ def load_promoted(model_dir: str | Path, **overrides) -> PromotedModel:
               "max_length": settings.max_length, "batch_size": settings.batch_size}
     values.update({k: v for k, v in overrides.items() if v is not None})
     check_max_length(model, values["max_length"])
+    conformal = (settings.decision or {}).get("conformal")
     return PromotedModel(model, tokenizer, settings.label_names, version=settings.version, folder=settings.folder,
-                         source=Path(model_dir), **values)
+                         source=Path(model_dir), conformal_threshold=conformal["threshold"] if conformal else None,
+                         **values)
 
 
 def check_max_length(model, max_length: int) -> None:

@@ -1,7 +1,9 @@
 """`python -m medsweep.predict model=<promoted dir> input=<file.csv|file.jsonl> output=<file.csv> [...]`
 
 Writes one row per input row, in input order: the id column (if asked for), `predicted_label` (the
-label name) and one `prob_<label name>` column per label. The text columns default to the ones the
+label name) and one `prob_<label name>` column per label; for a model folder with a conformal
+threshold (decision.json), `prediction_set` too: the labels of the row's split-conformal set, joined
+by "|". `refer_when=set_size>1` writes `refer` as the predicted label of the rows it matches. The text columns default to the ones the
 model was trained on (its medsweep_config.yaml). A user mistake is one line on stderr and exit 2.
 Arguments are plain key=value pairs (no Hydra here: this is a tool to run next to a model, not a run).
 """
@@ -19,9 +21,10 @@ import numpy as np
 from medsweep.config import ConfigError
 from medsweep.release import layout
 from medsweep.serving.args import arg, tool_main
-from medsweep.serving.inference import load_promoted
+from medsweep.serving.inference import REFER_LABEL, check_refer_rule, load_promoted, refer_rule
 
 PROB_PREFIX = "prob_"
+SET_COLUMN, SET_SEPARATOR = "prediction_set", "|"
 # A cell starting with one of these is run as a formula by a spreadsheet that opens the CSV (OWASP "CSV
 # injection"): such a text cell is written with a leading apostrophe, which spreadsheets show as text.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -46,6 +49,8 @@ class ModelInputArgs:
 @dataclass
 class PredictArgs(ModelInputArgs):
     batch_size: Optional[int] = arg("texts per forward pass (default: the model's eval batch size)", None, "N")
+    refer_when: Optional[str] = arg("write `refer` as the label of rows whose prediction set matches, e.g. "
+                                    "set_size>1 (needs a model with decision.json)", None, "RULE")
 
 
 def input_format(path: Path) -> str:
@@ -100,12 +105,21 @@ def checked_output(output: str, source: str) -> Path:
     return path
 
 
-def prediction_table(probs: np.ndarray, label_names: list[str], ids=None, id_column: Optional[str] = None):
+def prediction_table(probs: np.ndarray, label_names: list[str], ids=None, id_column: Optional[str] = None,
+                     sets: Optional[np.ndarray] = None, referred: Optional[np.ndarray] = None):
+    """The output rows; `sets` (booleans per label) adds the prediction_set column, `referred` (a
+    boolean per row) writes `refer` as those rows' label."""
     import pandas as pd
 
-    table = pd.DataFrame({"predicted_label": [spreadsheet_safe(label_names[i]) for i in probs.argmax(axis=1)]})
+    predicted = [label_names[i] for i in probs.argmax(axis=1)]
+    if referred is not None:
+        predicted = [REFER_LABEL if refer else label for label, refer in zip(predicted, referred)]
+    table = pd.DataFrame({"predicted_label": [spreadsheet_safe(label) for label in predicted]})
     for k, name in enumerate(label_names):
         table[f"{PROB_PREFIX}{name}"] = probs[:, k]
+    if sets is not None:
+        table[SET_COLUMN] = [spreadsheet_safe(SET_SEPARATOR.join(n for n, inside in zip(label_names, row) if inside))
+                             for row in sets]
     if ids is not None:
         table.insert(0, id_column, [spreadsheet_safe(value) for value in ids])
     return table
@@ -117,6 +131,7 @@ def spreadsheet_safe(value):
 
 
 def run(args: PredictArgs) -> Path:
+    rule = refer_rule(args.refer_when)
     settings = layout.read_settings(args.model)
     text_column, pair_column = input_columns(args, settings)
     output = checked_output(args.output, args.input)
@@ -124,8 +139,11 @@ def run(args: PredictArgs) -> Path:
 
     # The version folder read above, not the link: a promotion meanwhile cannot mix two versions.
     promoted = load_promoted(settings.folder, max_length=args.max_length, batch_size=args.batch_size)
+    check_refer_rule(rule, promoted)
     probs = promoted.predict(texts, pairs)
-    table = prediction_table(probs, promoted.label_names, ids, args.id_column)
+    sets = promoted.sets(probs)
+    referred = rule(sets.sum(axis=1)) if rule is not None else None
+    table = prediction_table(probs, promoted.label_names, ids, args.id_column, sets, referred)
     # Written whole, then renamed: an interrupted run never leaves a half-written predictions file.
     tmp = output.with_name(f".{output.name}.tmp")
     try:

@@ -19,6 +19,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+import numpy as np
+
+from medsweep.serving.inference import REFER_LABEL
 from medsweep.serving.schemas import (Error, Health, Prediction, PredictRequest, PredictResponse, Reloaded,
                                       with_request_limits)
 from medsweep.serving.served import ReloadError
@@ -95,7 +98,9 @@ async def reload(request: Request) -> Reloaded:
     return Reloaded(version=new, previous_version=old)
 
 
-@router.post("/predict", dependencies=[Depends(authorize)], responses={**ERRORS, 500: {"model": Error}})
+# exclude_unset: a model without prediction sets answers exactly as before (no null set fields).
+@router.post("/predict", dependencies=[Depends(authorize)], responses={**ERRORS, 409: {"model": Error}, 500: {"model": Error}},
+             response_model_exclude_unset=True)
 async def predict(body: PredictRequest, request: Request) -> PredictResponse:
     state = request.app.state
     model = state.served.current  # read once: this request is answered by this model, whatever reloads meanwhile
@@ -111,6 +116,11 @@ async def predict(body: PredictRequest, request: Request) -> PredictResponse:
     problem = check_texts("texts", texts) or (check_texts("text_pairs", pairs) if pairs is not None else None)
     if problem:
         raise HTTPException(status_code=422, detail=problem)
+    refer = getattr(state, "refer", None)
+    if refer is not None and model.conformal_threshold is None:
+        # A reload swapped in a folder without decision.json: no referral is worse than no answer.
+        raise HTTPException(status_code=409, detail="refer_when is set but the model being served has no "
+                                                    "prediction sets (no decision.json)")
     started = time.perf_counter()
     try:
         probs = await state.batcher.predict(model, texts, pairs)
@@ -119,5 +129,14 @@ async def predict(body: PredictRequest, request: Request) -> PredictResponse:
         raise HTTPException(status_code=500, detail="prediction failed") from None
     log.info("predicted %d text(s) in %.0f ms", len(texts), (time.perf_counter() - started) * 1000)
     labels = model.label_names
+    sets = model.sets(probs)
+    if sets is None:
+        return PredictResponse(version=model.version, labels=labels, predictions=[
+            Prediction(label=labels[int(row.argmax())], probabilities=dict(zip(labels, map(float, row)))) for row in probs])
+    sizes = sets.sum(axis=1)
+    referred = refer(sizes) if refer is not None else np.zeros(len(sizes), dtype=bool)
     return PredictResponse(version=model.version, labels=labels, predictions=[
-        Prediction(label=labels[int(row.argmax())], probabilities=dict(zip(labels, map(float, row)))) for row in probs])
+        Prediction(label=REFER_LABEL if referred[i] else labels[int(row.argmax())],
+                   probabilities=dict(zip(labels, map(float, row))),
+                   prediction_set=[name for name, inside in zip(labels, sets[i]) if inside], set_size=int(sizes[i]))
+        for i, row in enumerate(probs)])

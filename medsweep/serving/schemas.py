@@ -17,8 +17,12 @@ class PredictRequest(BaseModel):
 
 
 class Prediction(BaseModel):
+    # The argmax label, or "refer" where the service's refer_when rule matched the prediction set.
     label: str
     probabilities: dict[str, float]
+    # Only from a model folder with a conformal threshold (decision.json): the split-conformal set.
+    prediction_set: Optional[list[str]] = None
+    set_size: Optional[int] = None
 
 
 class PredictResponse(BaseModel):

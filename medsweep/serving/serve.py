@@ -2,10 +2,13 @@
 
     MEDSWEEP_API_TOKEN=<secret> python -m medsweep.serve model=<promoted dir> [host=127.0.0.1] [port=8000]
         [max_request_bytes=1000000] [max_batch=64] [allow_no_auth=false] [batch_texts=64] [batch_wait_ms=0]
+        [refer_when=set_size>1]
 
 GET /health (no token): {"status": "ok", "version", "labels"} of the model being served.
 POST /predict with `Authorization: Bearer <token>` and {"texts": [...], "text_pairs": [...]?}:
-{"version", "labels", "predictions": [{"label", "probabilities": {label: p}}]}, in input order.
+{"version", "labels", "predictions": [{"label", "probabilities": {label: p}}]}, in input order; a model
+folder with a conformal threshold (decision.json) adds "prediction_set" (labels) and "set_size" to each
+prediction, and refer_when=set_size>1 (or set_size!=1, which refers empty sets too) answers "refer".
 POST /reload (token) or SIGHUP: load `model=` again (a `promoted` link is resolved anew) and swap it
 in once loaded; requests in flight finish on the old model; a folder that cannot be loaded is 409
 and the old model keeps serving. GET /openapi.json needs the token too.
@@ -57,6 +60,8 @@ class ServeArgs:
                            "at a time)", 64, "N")
     batch_wait_ms: int = arg("how long an idle service waits for more requests before a forward pass", 0, "N",
                              minimum=0)
+    refer_when: Optional[str] = arg("answer `refer` as the label where the prediction set matches, e.g. set_size>1 "
+                                    "(needs a model with decision.json)", None, "RULE")
 
 
 class RequestSizeLimit:
@@ -143,16 +148,22 @@ async def lifespan(app, reload_on_sighup: bool = False):
 
 
 def create_app(promoted, token: Optional[str], max_request_bytes: int = 1_000_000, max_batch: int = 64,
-               batch_texts: int = 64, batch_wait_ms: float = 0.0, reload_on_sighup: bool = False):
+               batch_texts: int = 64, batch_wait_ms: float = 0.0, reload_on_sighup: bool = False,
+               refer_when: Optional[str] = None):
     """The ASGI app for a loaded medsweep.serving.inference.PromotedModel. token=None: no authentication.
     `batch_texts`: most texts in one forward pass, gathered across concurrent requests (1: one request
-    at a time); `reload_on_sighup`: SIGHUP reloads the model (only where the app runs on the main thread)."""
+    at a time); `reload_on_sighup`: SIGHUP reloads the model (only where the app runs on the main thread);
+    `refer_when` (e.g. "set_size>1"): the label of a prediction whose conformal set matches is `refer`."""
     # FastAPI is the `serve` extra: imported here, so that the command line can say how to install it.
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
 
     from medsweep.serving.batching import Batcher
+    from medsweep.serving.inference import check_refer_rule, refer_rule
     from medsweep.serving.routes import invalid_request, router
+
+    refer = refer_rule(refer_when)
+    check_refer_rule(refer, promoted)
 
     # The schema is served only to whoever holds the token (routes.py); there is no /docs page:
     # Swagger UI loads its scripts from a CDN, which a clinical deployment should not.
@@ -161,7 +172,7 @@ def create_app(promoted, token: Optional[str], max_request_bytes: int = 1_000_00
     # What the routes read (routes.py); served and batcher are also for tests and operators' debugging.
     app.state.served = ServedModel(promoted)
     app.state.batcher = Batcher(max_texts=batch_texts, wait_s=batch_wait_ms / 1000)
-    app.state.token, app.state.max_batch = token, max_batch
+    app.state.token, app.state.max_batch, app.state.refer = token, max_batch, refer
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.include_router(router)
     return RequestSizeLimit(app, max_request_bytes)
@@ -198,6 +209,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def serve(args: ServeArgs) -> None:
     # Checked before the model loads: a misconfigured service fails in a second.
     token = resolve_token(args.host, args.allow_no_auth)
+    from medsweep.serving.inference import refer_rule
+
+    refer_rule(args.refer_when)  # a malformed rule fails before the model loads (create_app checks it against the model)
     try:
         import uvicorn
     except ImportError:
@@ -209,7 +223,7 @@ def serve(args: ServeArgs) -> None:
     if token is None:
         log.warning("no bearer token: anyone who can reach %s:%d can use the model", args.host, args.port)
     app = create_app(promoted, token, args.max_request_bytes, args.max_batch, batch_texts=args.batch_texts,
-                     batch_wait_ms=args.batch_wait_ms, reload_on_sighup=True)
+                     batch_wait_ms=args.batch_wait_ms, reload_on_sighup=True, refer_when=args.refer_when)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info", access_log=True)
     # Uvicorn configures its loggers when the Config is made; the filter goes on after that.
     logging.getLogger("uvicorn.access").addFilter(RedactQuery())

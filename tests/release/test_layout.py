@@ -131,3 +131,47 @@ def test_transformers_pipeline_loads_the_merged_layouts(promoted):
     labels = layout.read_settings(link).label_names
     assert [o["label"] for o in out] == [labels[i] for i in probs.argmax(axis=1)]
     np.testing.assert_allclose([o["score"] for o in out], probs.max(axis=1), atol=1e-5)
+
+
+def unbaked_logits(link, texts):
+    """The logits of the checkpoint the folder was promoted from, before any temperature."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from medsweep.training.model import load_checkpoint
+
+    kept = link.parent.parent / "ckpt"
+    model = load_checkpoint(kept, merge=True).eval()
+    batch = AutoTokenizer.from_pretrained(kept)(texts, truncation=True, max_length=32, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        return model(**batch).logits.double().numpy()
+
+
+def test_the_temperature_is_baked_into_the_merged_layouts_and_sets_are_in_every_layout(readers):
+    """issue 27: `pipeline()` itself returns softmax(logits / T) of the unbaked model, no argmax moves;
+    the 4-bit adapter layout is left uncalibrated (and says so); every layout has its conformal set."""
+    from transformers import pipeline
+
+    kind, link = readers
+    report = layout.read_metrics(link)
+    decision = layout.read_settings(link).decision
+    assert decision["conformal"]["threshold"] == report["conformal"]["threshold"]
+    assert decision["conformal"]["calibration_rows"] == report["calibration"]["rows"] > 0
+    assert load_promoted(link).conformal_threshold == report["conformal"]["threshold"]
+    if kind == "adapter_4bit":
+        assert report["calibration"]["applied"] is False and "adapter layout" in report["calibration"]["note"]
+        return
+    temperature = report["calibration"]["temperature"]
+    assert report["calibration"]["applied"] and abs(temperature - 1.0) > 1e-3  # a real T, not a no-op
+    assert ("unscaled classifier head" in report["calibration"].get("note", "")) == (kind == "merged_lora")
+    logits = unbaked_logits(link, TEXTS)
+    expected = np.exp(logits / temperature) / np.exp(logits / temperature).sum(axis=1, keepdims=True)
+    labels = layout.read_settings(link).label_names
+    out = pipeline("text-classification", model=str(link), top_k=None)(TEXTS, truncation=True, max_length=32)
+    got = np.array([[{o["label"]: o["score"] for o in row}[name] for name in labels] for row in out])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert (got.argmax(axis=1) == logits.argmax(axis=1)).all()
+    # Unscaled, the probabilities really differ: the check above could fail.
+    unscaled = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    assert np.abs(got - unscaled).max() > 1e-4
+    np.testing.assert_allclose(load_promoted(link).predict(TEXTS), expected, atol=1e-5)

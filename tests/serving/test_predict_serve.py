@@ -64,7 +64,8 @@ def test_predict_cli_round_trips_real_text(promoted, sentences, tmp_path):
     model = load_promoted(promoted)
     labels = model.label_names
     out = pd.read_csv(tmp_path / "out.csv")
-    assert list(out.columns) == ["id", "predicted_label"] + [f"prob_{name}" for name in labels]
+    # The promoted folder has a conformal threshold (decision.json): the set column comes last.
+    assert list(out.columns) == ["id", "predicted_label"] + [f"prob_{name}" for name in labels] + ["prediction_set"]
     assert out["id"].tolist() == [f"n{i}" for i in range(len(sentences))]  # one row per input, in order
     probs = out[[f"prob_{name}" for name in labels]].to_numpy()
     np.testing.assert_allclose(probs, model.predict(sentences), atol=1e-6)
@@ -99,8 +100,9 @@ def test_predict_text_pairs_from_the_models_config(promoted, sentences, tmp_path
     pd.DataFrame({TEXT_COLUMN: sentences, "question": contexts}).to_csv(source, index=False)
     assert predict.main([f"model={pair_model}", f"input={source}", f"output={tmp_path / 'q.csv'}", "text_pair_column=question"]) == 0
     assert predict.main([f"model={pair_model}", f"input={source}", f"output={tmp_path / 's.csv'}", "text_pair_column="]) == 0
-    np.testing.assert_allclose(pd.read_csv(tmp_path / "q.csv").iloc[:, 1:].to_numpy(), got, atol=1e-6)
-    np.testing.assert_allclose(pd.read_csv(tmp_path / "s.csv").iloc[:, 1:].to_numpy(), model.predict(sentences), atol=1e-6)
+    probs = [f"prob_{n}" for n in model.label_names]
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "q.csv")[probs].to_numpy(), got, atol=1e-6)
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "s.csv")[probs].to_numpy(), model.predict(sentences), atol=1e-6)
 
 
 def test_ids_a_spreadsheet_would_run_as_formulas_are_written_inert(promoted, tmp_path):
@@ -175,6 +177,100 @@ def test_predict_errors_are_one_line_and_exit_2(promoted, tmp_path, capsys, case
     assert not output.is_file() and not list(tmp_path.rglob("*.tmp"))  # nothing written, nothing left behind
 
 
+def expected_sets(model, probs) -> list[list[str]]:
+    """Each row's labels with 1 - p <= the folder's threshold, computed here from scratch."""
+    return [[name for name, p in zip(model.label_names, row) if 1.0 - p <= model.conformal_threshold] for row in probs]
+
+
+def test_predict_writes_the_prediction_set_and_refers_by_set_size(promoted, sentences, tmp_path):
+    model = load_promoted(promoted)
+    assert model.conformal_threshold is not None
+    probs = model.predict(sentences)
+    sets = expected_sets(model, probs)
+    sizes = [len(s) for s in sets]
+    source = tmp_path / "notes.csv"
+    pd.DataFrame({TEXT_COLUMN: sentences}).to_csv(source, index=False)
+
+    assert predict.main([f"model={promoted}", f"input={source}", f"output={tmp_path / 'sets.csv'}"]) == 0
+    out = pd.read_csv(tmp_path / "sets.csv", keep_default_na=False)
+    assert [cell.split("|") if cell else [] for cell in out["prediction_set"]] == sets
+    assert out["predicted_label"].tolist() == [model.label_names[i] for i in probs.argmax(axis=1)]
+
+    # Refer the rows whose set is larger than the median size: some are referred, some not, when sizes differ.
+    bound = int(np.median(sizes))
+    assert predict.main([f"model={promoted}", f"input={source}", f"output={tmp_path / 'refer.csv'}",
+                         f"refer_when=set_size>{bound}"]) == 0
+    referred = pd.read_csv(tmp_path / "refer.csv", keep_default_na=False)
+    assert referred["predicted_label"].tolist() == [
+        "refer" if size > bound else model.label_names[i] for size, i in zip(sizes, probs.argmax(axis=1))]
+    assert predict.main([f"model={promoted}", f"input={source}", f"output={tmp_path / 'all.csv'}",
+                         f"refer_when=set_size>={min(sizes)}"]) == 0
+    assert set(pd.read_csv(tmp_path / "all.csv")["predicted_label"]) == {"refer"}
+    # The probabilities are the same with or without a rule.
+    columns = [f"prob_{n}" for n in model.label_names]
+    np.testing.assert_array_equal(referred[columns].to_numpy(), out[columns].to_numpy())
+
+
+def without_decision(promoted, tmp_path):
+    """A copy of the promoted folder as every model promoted before issue 27 is: no decision.json."""
+    from medsweep.release import layout
+
+    folder = tmp_path / "old_model"
+    shutil.copytree(os.path.realpath(promoted), folder)
+    (folder / layout.DECISION_FILE).unlink()
+    return folder
+
+
+def test_a_folder_without_decision_json_predicts_exactly_as_before(promoted, sentences, tmp_path, capsys):
+    old = without_decision(promoted, tmp_path)
+    assert load_promoted(old).conformal_threshold is None
+    source = tmp_path / "notes.csv"
+    pd.DataFrame({TEXT_COLUMN: sentences}).to_csv(source, index=False)
+    assert predict.main([f"model={old}", f"input={source}", f"output={tmp_path / 'old.csv'}"]) == 0
+    assert predict.main([f"model={promoted}", f"input={source}", f"output={tmp_path / 'new.csv'}"]) == 0
+    before, now = pd.read_csv(tmp_path / "old.csv"), pd.read_csv(tmp_path / "new.csv")
+    labels = load_promoted(old).label_names
+    assert list(before.columns) == ["predicted_label"] + [f"prob_{n}" for n in labels]
+    pd.testing.assert_frame_equal(before, now.drop(columns=["prediction_set"]))
+    # A referral rule needs sets: refused in one line, nothing written.
+    capsys.readouterr()
+    assert predict.main([f"model={old}", f"input={source}", f"output={tmp_path / 'r.csv'}", "refer_when=set_size>1"]) == 2
+    err = capsys.readouterr().err
+    assert "refer_when needs prediction sets" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r.csv").exists()
+    assert predict.main([f"model={promoted}", f"input={source}", f"output={tmp_path / 'r.csv'}", "refer_when=size>1"]) == 2
+    assert "refer_when must look like set_size>1" in capsys.readouterr().err
+
+
+def test_serve_returns_prediction_sets_and_refers(promoted, sentences, tmp_path):
+    from tests.conftest import serving
+
+    model = load_promoted(promoted)
+    probs = model.predict(sentences)
+    sets = expected_sets(model, probs)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with serving(serve.create_app(model, TOKEN, refer_when="set_size>1")) as url:
+        response = httpx.post(f"{url}/predict", json={"texts": sentences}, headers=auth, timeout=60)
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert [p["prediction_set"] for p in predictions] == sets
+    assert [p["set_size"] for p in predictions] == [len(s) for s in sets]
+    assert [p["label"] for p in predictions] == [
+        "refer" if len(s) > 1 else model.label_names[i] for s, i in zip(sets, probs.argmax(axis=1))]
+    got = np.array([[p["probabilities"][n] for n in model.label_names] for p in predictions])
+    np.testing.assert_allclose(got, probs, atol=1e-6)
+
+    # A folder without decision.json answers exactly as before: no set fields at all...
+    old = load_promoted(without_decision(promoted, tmp_path))
+    with serving(serve.create_app(old, TOKEN)) as url:
+        response = httpx.post(f"{url}/predict", json={"texts": sentences}, headers=auth, timeout=60)
+    assert response.status_code == 200 and response.json()["version"] == "v001"
+    assert all(set(p) == {"label", "probabilities"} for p in response.json()["predictions"])
+    # ...and a referral rule for it is refused before the service starts.
+    with pytest.raises(ConfigError, match="refer_when needs prediction sets"):
+        serve.create_app(old, TOKEN, refer_when="set_size>1")
+
+
 # --- serve -----------------------------------------------------------------------------------------
 
 def start_server(args: list[str], env: dict, log_path) -> subprocess.Popen:
@@ -204,6 +300,7 @@ def stop(proc: subprocess.Popen) -> None:
     ({serve.TOKEN_ENV: TOKEN + "\n"}, [], "starts or ends with whitespace"),
     ({serve.TOKEN_ENV: " " + TOKEN}, [], "starts or ends with whitespace"),
     ({serve.TOKEN_ENV: TOKEN[:8] + " " + TOKEN[8:]}, [], "printable ASCII without spaces"),
+    ({serve.TOKEN_ENV: TOKEN}, ["refer_when=set_size>>1"], "refer_when must look like set_size>1"),
 ])
 def test_serve_refuses_to_start_without_a_proper_token(promoted, tmp_path, env, args, message):
     proc = start_server([f"model={promoted}", *args], env, tmp_path / "serve.log")
