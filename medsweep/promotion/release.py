@@ -203,10 +203,13 @@ def promote_checkpoint(checkpoint_dir: str | Path, run_dir: str | Path, provenan
     with store.new_version(run_dir, history_entry) as version:
         info = read_checkpoint_info(checkpoint_dir)
         config = info["config"]
-        splits = configured_splits(config, splits)
-        fitted = {}
+        fitted, given = {}, splits
 
         def prepare(model, tokenizer, quantized):
+            # Here, once the checkpoint folder has passed load_checkpoint's checks: a hostile folder is
+            # refused before its config is trusted for anything, the data included.
+            nonlocal splits
+            splits = configured_splits(config, given)
             fitted.update(calibrate(model, tokenizer, config, splits.validation, quantized))
 
         model, tokenizer = stage_model(checkpoint_dir, version.folder, info, trust_remote_code, prepare)
