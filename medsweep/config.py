@@ -230,6 +230,10 @@ class PromoteConfig:
     # prediction sets that hold the true label with probability `coverage` on exchangeable data.
     calibrate: bool = True
     coverage: float = 0.9
+    # The decision rule (promotion/decision.py): per-class offsets that raise macro-F1 are applied only
+    # when they beat argmax beyond their noise on held-out rows. Two-class screening: a sensitivity the
+    # positive class must keep on the validation rows (e.g. 0.95), whatever specificity it costs.
+    target_sensitivity: Optional[float] = None
 
 
 @dataclass
@@ -320,6 +324,8 @@ def validate(config: dict) -> None:
         (p["top_k"] >= 1, f"promote.top_k must be >= 1, got {p['top_k']}"),
         (len(set(p["seeds"])) == len(p["seeds"]), f"promote.seeds must not repeat a seed, got {p['seeds']}"),
         (t["seed"] not in p["seeds"], f"promote.seeds are extra seeds: they must not contain trainer.seed ({t['seed']}), which the sweep already ran"),
+        (p["target_sensitivity"] is None or 0.0 < p["target_sensitivity"] < 1.0,
+         f"promote.target_sensitivity must be in (0, 1) or null, got {p['target_sensitivity']}"),
         (p["bootstrap_resamples"] >= 100, f"promote.bootstrap_resamples must be >= 100, got {p['bootstrap_resamples']}"),
         (0.5 <= p["coverage"] < 1.0, f"promote.coverage must be in [0.5, 1), got {p['coverage']}"),
         (c["cpus_per_trial"] > 0, f"cluster.cpus_per_trial must be > 0, got {c['cpus_per_trial']}"),

@@ -266,7 +266,19 @@ def calibration_section(report: dict) -> list[str]:
         lines += ["`medsweep.predict` writes each row's set (`prediction_set`), `medsweep.serve` returns it "
                   "(`prediction_set`, `set_size`); `refer_when=set_size>1` turns an uncertain label into `refer` "
                   "(`set_size!=1` refers empty sets too: no label is plausible enough).", ""]
-    return lines
+    return lines + decision_lines(report.get("decision_rule"))
+
+
+def decision_lines(rule: dict | None) -> list[str]:
+    """The decision rule (promotion/decision.py) and what plain argmax would give instead."""
+    if not rule:
+        return []
+    test = rule["test"]
+    kind = {"offsets": "per-class offsets on the log probabilities (label = argmax(log p + b))",
+            "sensitivity_threshold": "a threshold on the positive class's probability", "argmax": "the argmax"}
+    return [f"Decision rule: {kind.get(rule['kind'], rule['kind'])}; {rule['why']}. On the test split the rule gives "
+            f"macro-F1 {number(test['rule']['f1_macro'])} and accuracy {number(test['rule']['accuracy'])}; plain argmax "
+            f"gives {number(test['argmax']['f1_macro'])} and {number(test['argmax']['accuracy'])}.", ""]
 
 
 def usage_section() -> list[str]:

@@ -30,6 +30,7 @@ from medsweep.evaluation.metrics import name_per_class, scores_with_intervals
 from medsweep.hf import quiet_libraries
 from medsweep.plan import primary
 from medsweep.promotion import calibration
+from medsweep.promotion import decision
 from medsweep.promotion.card import render
 from medsweep.release import layout, store
 from medsweep.serving.inference import predict_logits
@@ -98,6 +99,7 @@ def calibrate(model, tokenizer, config: dict, validation, quantized: bool) -> di
               "note": note}
     probs = calibration.softmax(logits)
     fitted["threshold"] = calibration.lac_threshold(probs, labels, settings["coverage"])
+    fitted["validation"] = (probs, labels)  # calibrated: what the decision rule is fitted on
     return fitted
 
 
@@ -217,15 +219,19 @@ def promote_checkpoint(checkpoint_dir: str | Path, run_dir: str | Path, provenan
             # The merged weights are scaled; the LoRA copy kept under adapter/ is the checkpoint's, as it was.
             fitted["note"] = (f"adapter/ (kept for PEFT users) holds the unscaled classifier head: divide its logits "
                               f"by T = {fitted['temperature']:.6g} for the calibrated probabilities")
+        rule = decision.choose_rule(*fitted.pop("validation"), primary(config).metric,
+                                    (config.get("promote") or {}).get("target_sensitivity"), info["label_names"])
         layout.write_decision(version.folder, {"conformal": {
             "method": "lac", "coverage": fitted["coverage"], "threshold": fitted["threshold"],
-            "calibration_rows": fitted["rows"]}})
+            "calibration_rows": fitted["rows"]}, **({"offsets": rule["offsets"]} if rule["applied"] else {})})
         labels, probs, data_summary, groups, logits = evaluate_test_split(model, tokenizer, config, splits)
         report = {"version": version.name, "previous_version": version.previous,
                   "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   **promotion_report(info, labels, probs, data_summary, groups,
                                      {"checkpoint": str(checkpoint_dir), **(provenance or {})}),
-                  **calibration_report(fitted, labels, logits, info["label_names"], config)}
+                  **calibration_report(fitted, labels, logits, info["label_names"], config),
+                  "decision_rule": {**rule, "test": decision.test_effect(calibration.softmax(logits), labels,
+                                                                         rule.get("offsets"))}}
         layout.write_record(version.folder, report, info["config"], labels, probs, info["label_names"])
         write_model_card(version.folder, report)
         return version.publish(history_entry(report))

@@ -189,10 +189,12 @@ def read_settings(path: str | Path) -> Settings:
                                    str(folder / METRICS_FILE))
     if (folder / DECISION_FILE).exists():
         values["decision"] = check_decision(_read_mapping(folder / DECISION_FILE), str(folder / DECISION_FILE))
+        if len(values["decision"].get("offsets", label_names)) != len(label_names):
+            raise ConfigError(f"{folder / DECISION_FILE}: offsets must have one number per label ({len(label_names)})")
     return Settings(folder=folder, layout=layout, label_names=label_names, **values)
 
 
-DECISION_FIELDS = ("conformal",)
+DECISION_FIELDS = ("conformal", "offsets")
 CONFORMAL_FIELDS = ("method", "coverage", "threshold", "calibration_rows")
 CONFORMAL_METHODS = ("lac",)
 
@@ -218,7 +220,15 @@ def check_decision(decision: dict, where: str) -> dict:
         raise ConfigError(f"{where}: conformal threshold must be in [0, 1], got {checked['threshold']!r}")
     if checked["calibration_rows"] < 1:
         raise ConfigError(f"{where}: conformal calibration_rows must be >= 1, got {checked['calibration_rows']}")
-    return {"conformal": checked}
+    out = {"conformal": checked}
+    if "offsets" in decision:
+        # The decision rule: label = argmax(log p + offsets), one finite number per label.
+        offsets = _field(decision, "offsets", list, where)
+        if not offsets or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                  for v in offsets):
+            raise ConfigError(f"{where}: offsets must be a non-empty list of finite numbers")
+        out["offsets"] = [float(v) for v in offsets]
+    return out
 
 
 def _label_names(model_config: dict, where: Path) -> list[str]:

@@ -97,6 +97,15 @@ class PromotedModel:
     source: Optional[Path] = None  # the path it was asked to load (a `promoted` link): what a reload reads again
     # The folder's split-conformal threshold (decision.json); None: a folder without one, no sets.
     conformal_threshold: Optional[float] = None
+    # The decision rule's per-class offsets on log p (decision.json); None: the plain argmax.
+    offsets: Optional[list] = None
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        """The label index of each row: argmax(log p + offsets), or the argmax without a rule."""
+        probs = np.asarray(probs)
+        if self.offsets is None:
+            return probs.argmax(axis=1)
+        return np.argmax(np.log(np.clip(probs, 1e-12, 1.0)) + np.asarray(self.offsets), axis=1)
 
     def sets(self, probs: np.ndarray) -> Optional[np.ndarray]:
         """The prediction sets of these probabilities (booleans per label), or None without a threshold."""
@@ -126,6 +135,7 @@ def load_promoted(model_dir: str | Path, **overrides) -> PromotedModel:
     conformal = (settings.decision or {}).get("conformal")
     return PromotedModel(model, tokenizer, settings.label_names, version=settings.version, folder=settings.folder,
                          source=Path(model_dir), conformal_threshold=conformal["threshold"] if conformal else None,
+                         offsets=(settings.decision or {}).get("offsets"),
                          **values)
 
 

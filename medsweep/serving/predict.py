@@ -106,12 +106,15 @@ def checked_output(output: str, source: str) -> Path:
 
 
 def prediction_table(probs: np.ndarray, label_names: list[str], ids=None, id_column: Optional[str] = None,
-                     sets: Optional[np.ndarray] = None, referred: Optional[np.ndarray] = None):
+                     sets: Optional[np.ndarray] = None, referred: Optional[np.ndarray] = None,
+                     decided: Optional[np.ndarray] = None):
     """The output rows; `sets` (booleans per label) adds the prediction_set column, `referred` (a
-    boolean per row) writes `refer` as those rows' label."""
+    boolean per row) writes `refer` as those rows' label; `decided`: each row's label index by the
+    model's decision rule (default: the argmax)."""
     import pandas as pd
 
-    predicted = [label_names[i] for i in probs.argmax(axis=1)]
+    decided = probs.argmax(axis=1) if decided is None else decided
+    predicted = [label_names[i] for i in decided]
     if referred is not None:
         predicted = [REFER_LABEL if refer else label for label, refer in zip(predicted, referred)]
     table = pd.DataFrame({"predicted_label": [spreadsheet_safe(label) for label in predicted]})
@@ -143,7 +146,7 @@ def run(args: PredictArgs) -> Path:
     probs = promoted.predict(texts, pairs)
     sets = promoted.sets(probs)
     referred = rule(sets.sum(axis=1)) if rule is not None else None
-    table = prediction_table(probs, promoted.label_names, ids, args.id_column, sets, referred)
+    table = prediction_table(probs, promoted.label_names, ids, args.id_column, sets, referred, promoted.decide(probs))
     # Written whole, then renamed: an interrupted run never leaves a half-written predictions file.
     tmp = output.with_name(f".{output.name}.tmp")
     try:

@@ -129,14 +129,15 @@ async def predict(body: PredictRequest, request: Request) -> PredictResponse:
         raise HTTPException(status_code=500, detail="prediction failed") from None
     log.info("predicted %d text(s) in %.0f ms", len(texts), (time.perf_counter() - started) * 1000)
     labels = model.label_names
-    sets = model.sets(probs)
+    sets, decided = model.sets(probs), model.decide(probs)
     if sets is None:
         return PredictResponse(version=model.version, labels=labels, predictions=[
-            Prediction(label=labels[int(row.argmax())], probabilities=dict(zip(labels, map(float, row)))) for row in probs])
+            Prediction(label=labels[int(decided[i])], probabilities=dict(zip(labels, map(float, row))))
+            for i, row in enumerate(probs)])
     sizes = sets.sum(axis=1)
     referred = refer(sizes) if refer is not None else np.zeros(len(sizes), dtype=bool)
     return PredictResponse(version=model.version, labels=labels, predictions=[
-        Prediction(label=REFER_LABEL if referred[i] else labels[int(row.argmax())],
+        Prediction(label=REFER_LABEL if referred[i] else labels[int(decided[i])],
                    probabilities=dict(zip(labels, map(float, row))),
                    prediction_set=[name for name, inside in zip(labels, sets[i]) if inside], set_size=int(sizes[i]))
         for i, row in enumerate(probs)])

@@ -153,6 +153,12 @@ HOSTILE = {
                       "loader": "pickle"},
     "conformal_list": {"conformal": [0.5]},
     "not_a_mapping": [1, 2],
+    "offsets_text": {"conformal": {"method": "lac", "coverage": 0.9, "threshold": 0.5, "calibration_rows": 60},
+                     "offsets": ["0", "1"]},
+    "offsets_inf": {"conformal": {"method": "lac", "coverage": 0.9, "threshold": 0.5, "calibration_rows": 60},
+                    "offsets": [0.0, math.inf, 0.0, 0.0, 0.0]},
+    "offsets_wrong_length": {"conformal": {"method": "lac", "coverage": 0.9, "threshold": 0.5, "calibration_rows": 60},
+                             "offsets": [0.0, 1.0]},
     "not_json": "{not json",
 }
 
