@@ -53,6 +53,24 @@ def tiny_config(tmp_path) -> dict:
     return compose_config(TINY, run_dir=tmp_path)
 
 
+def tiny_checkpoints(base: Path, overrides=(), run_dir: Path | None = None) -> list[tuple[Path, dict]]:
+    """Train one tiny trial (TINY + `overrides`) and copy out the checkpoint of each evaluation:
+    [(checkpoint folder, the evaluation's report)], oldest first. Real training, real checkpoints."""
+    import shutil
+
+    from medsweep.training.trial import run_trial
+
+    kept = []
+
+    def keep(report, checkpoint_dir):
+        target = Path(base) / f"ckpt{len(kept)}"
+        shutil.copytree(checkpoint_dir, target)
+        kept.append((target, dict(report)))
+
+    run_trial(compose_config(TINY + list(overrides), run_dir=run_dir or base), on_evaluation=keep)
+    return kept
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """`python -m medsweep.run ARGS` in a subprocess, as a user would type it."""
     full_env = dict(os.environ, **(env or {}))

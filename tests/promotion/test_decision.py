@@ -75,17 +75,10 @@ def test_a_screening_threshold_keeps_the_target_sensitivity_and_says_what_it_cos
 def promoted_folder(tmp_path_factory):
     """A real tiny promotion's version folder, copied so a test may change its decision.json."""
     from medsweep.promotion.release import promote_checkpoint
-    from medsweep.training.trial import run_trial
-    from tests.conftest import TINY, compose_config
+    from tests.conftest import tiny_checkpoints
 
     base = tmp_path_factory.mktemp("decision")
-    kept = base / "ckpt"
-
-    def keep_last(report, checkpoint_dir):
-        shutil.rmtree(kept, ignore_errors=True)
-        shutil.copytree(checkpoint_dir, kept)
-
-    run_trial(compose_config(TINY, run_dir=base), on_evaluation=keep_last)
+    kept, _ = tiny_checkpoints(base)[-1]
     link = promote_checkpoint(kept, base / "run")
     report = layout.read_metrics(link)
     # Every promotion records its rule and what argmax would have given on the test split.

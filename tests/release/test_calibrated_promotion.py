@@ -18,7 +18,7 @@ from medsweep.promotion.release import promote_checkpoint
 from medsweep.release import layout
 from medsweep.serving import predict
 from medsweep.serving.inference import load_promoted, prediction_sets
-from tests.conftest import TINY, compose_config
+from tests.conftest import TINY, compose_config, tiny_checkpoints
 
 TEXTS = ["Adenocarcinoma of the colon with hepatic metastases.", "Acute myocardial infarction.",
          "Ischemic stroke of the middle cerebral artery.", "Crohn disease of the terminal ileum."]
@@ -27,16 +27,8 @@ TEXTS = ["Adenocarcinoma of the colon with hepatic metastases.", "Acute myocardi
 @pytest.fixture(scope="module")
 def promoted(tmp_path_factory):
     """A real tiny trial's last checkpoint, promoted once: (checkpoint, run dir, promoted link)."""
-    from medsweep.training.trial import run_trial
-
     base = tmp_path_factory.mktemp("calibrated")
-    kept = base / "ckpt"
-
-    def keep_last(report, checkpoint_dir):
-        shutil.rmtree(kept, ignore_errors=True)
-        shutil.copytree(checkpoint_dir, kept)
-
-    run_trial(compose_config(TINY, run_dir=base), on_evaluation=keep_last)
+    kept, _ = tiny_checkpoints(base)[-1]
     return kept, base / "run", promote_checkpoint(kept, base / "run")
 
 

@@ -307,18 +307,11 @@ def test_a_signal_during_the_seed_reruns_stops_cleanly_and_the_same_command_resu
 def three_trained_runs(tmp_path_factory):
     """Three real checkpoints of one tiny configuration (its evaluations 1, 2, 3) and a plan."""
     from medsweep.search.sweep import preflight
+    from tests.conftest import tiny_checkpoints
 
     base = tmp_path_factory.mktemp("fallback")
-    kept = []
-
-    def keep(report, checkpoint_dir):
-        target = base / f"ckpt{len(kept)}"
-        shutil.copytree(checkpoint_dir, target)
-        kept.append((target, dict(report)))
-
-    config = compose_config(TINY + ["trainer.epochs=3"], run_dir=base / "run")
-    run_trial(config, on_evaluation=keep)
-    return preflight(config), kept
+    kept = tiny_checkpoints(base, ["trainer.epochs=3"], run_dir=base / "run")
+    return preflight(compose_config(TINY + ["trainer.epochs=3"], run_dir=base / "run")), kept
 
 
 def selection_of(plan, kept: list, scores: list[float]):

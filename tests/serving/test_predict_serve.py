@@ -20,7 +20,7 @@ from medsweep.serving import serve
 from medsweep.config import ConfigError
 from medsweep.promotion.release import promote_checkpoint
 from medsweep.serving.inference import load_promoted
-from tests.conftest import ROOT, SHARED_DATA, TINY, compose_config, free_port
+from tests.conftest import ROOT, SHARED_DATA, TINY, compose_config, free_port, tiny_checkpoints
 
 TOKEN = "test-token-0123456789abcdef"
 TEXT_COLUMN = "medical_abstract"  # what the model was trained on (conf/data/medical_abstracts.yaml)
@@ -28,18 +28,11 @@ TEXT_COLUMN = "medical_abstract"  # what the model was trained on (conf/data/med
 
 @pytest.fixture(scope="module")
 def promoted(tmp_path_factory) -> str:
-    """A real promotion of a real tiny trial."""
+    """A real promotion of a real tiny trial (its last checkpoint)."""
     from medsweep.promotion.release import promote_checkpoint
-    from medsweep.training.trial import run_trial
 
     base = tmp_path_factory.mktemp("promoted")
-    kept = base / "ckpt"
-
-    def keep_last(report, checkpoint_dir):
-        shutil.rmtree(kept, ignore_errors=True)
-        shutil.copytree(checkpoint_dir, kept)
-
-    run_trial(compose_config(TINY, run_dir=base), on_evaluation=keep_last)
+    kept, _ = tiny_checkpoints(base)[-1]
     return str(promote_checkpoint(kept, base / "run"))
 
 
@@ -375,7 +368,7 @@ def test_serve_round_trips_real_text_with_auth_and_limits(promoted, sentences, t
         # SIGHUP reloads the `promoted` link: a new promotion is served without a restart. (Last: the
         # module's promoted run now has v002.)
         run_dir = Path(promoted).parent
-        promote_checkpoint(run_dir.parent / "ckpt", run_dir)
+        promote_checkpoint(sorted(run_dir.parent.glob("ckpt*"))[-1], run_dir)  # the fixture's last checkpoint
         proc.send_signal(signal.SIGHUP)
         deadline = time.time() + 60
         while httpx.get(f"{base}/health", timeout=10).json()["version"] != "v002":
