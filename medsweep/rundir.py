@@ -15,6 +15,7 @@ A run dir (Hydra's output dir, or `run_dir` in a composed config) holds everythi
     report/                 the report (reporting/)
     promoted                the atomic link to the promoted version (release/store.py)
     promoted-versions/      every promoted version, vNNN, and history.jsonl
+    feedback.sqlite         feedback on the served model's predictions (serving/feedback.py)
     wandb/, mlflow/         the trackers' local stores, unless tracker.dir puts them elsewhere (reporting/)
 
 Writers and readers (the report, compare, the trackers, warm start, serve's reload) ask this
@@ -45,6 +46,7 @@ PROMOTED = "promoted"
 VERSIONS = "promoted-versions"
 HISTORY = "history.jsonl"
 TOKEN_CACHE = Path("cache") / "tokens"
+FEEDBACK_DB = "feedback.sqlite"  # what clinicians said of served predictions (medsweep/feedback.py)
 
 # Ray Tune experiments of a run, in the order they run.
 SWEEP_EXPERIMENT = "sweep"
@@ -172,6 +174,11 @@ class RunDir:
     @property
     def history(self) -> Path:
         return self.root / VERSIONS / HISTORY
+
+    # --- what the service writes (serving/feedback.py) -------------------------------------------
+    @property
+    def feedback_db(self) -> Path:
+        return self.root / FEEDBACK_DB
 
 
 def promoted_folder(path: str | Path) -> Path:

@@ -2,7 +2,8 @@
 the bearer-token check they depend on.
 
 A route finds its service on the app's state, set by create_app: `served` (a ServedModel), `batcher`
-(a Batcher), `token` (None: no authentication) and `max_batch`. The router itself holds no service,
+(a Batcher), `token` (None: no authentication), `max_batch`, `recent` (RecentPredictions),
+`feedback` (FeedbackStore) and `monitor` (monitoring.Monitor). The router itself holds no service,
 so one app per loaded model can include it (the tests start many).
 """
 
@@ -16,14 +17,15 @@ from typing import Optional, Sequence
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 import numpy as np
 
 from medsweep.serving.inference import REFER_LABEL
-from medsweep.serving.schemas import (Error, Health, Prediction, PredictRequest, PredictResponse, Reloaded,
-                                      with_request_limits)
+from medsweep.serving.feedback import Remembered, now_iso
+from medsweep.serving.schemas import (Drift, Error, FeedbackRequest, FeedbackSaved, Health, Prediction, PredictRequest,
+                                      PredictResponse, Reloaded, with_request_limits)
 from medsweep.serving.served import ReloadError
 
 log = logging.getLogger("medsweep.serve")
@@ -79,8 +81,42 @@ async def openapi(request: Request) -> JSONResponse:
 
 @router.get("/health")
 async def health(request: Request) -> Health:
-    model = request.app.state.served.current
-    return Health(status="ok", version=model.version, labels=model.label_names)
+    state = request.app.state
+    model = state.served.current
+    monitor = getattr(state, "monitor", None)
+    return Health(status="ok", version=model.version, labels=model.label_names,
+                  drift=Drift(**monitor.drift()) if monitor is not None else None)
+
+
+@router.get("/metrics", include_in_schema=False, dependencies=[Depends(authorize)])
+async def metrics(request: Request) -> Response:
+    """The Prometheus text format (a scrape job sends the bearer token: `authorization` in its config)."""
+    body, content_type = request.app.state.monitor.exposition()
+    return Response(content=body, media_type=content_type)
+
+
+@router.post("/feedback", dependencies=[Depends(authorize)],
+             responses={**ERRORS, 404: {"model": Error}, 500: {"model": Error}, 503: {"model": Error}})
+async def feedback(body: FeedbackRequest, request: Request) -> FeedbackSaved:
+    """The right label of a prediction this service made (named by its prediction_id), kept in the
+    feedback database with the version that answered; 404 once the service has forgotten it (it
+    remembers its last 10,000 predictions) or never made it."""
+    state = request.app.state
+    item = state.recent.get(body.prediction_id)
+    if item is None:
+        raise HTTPException(status_code=404, detail="unknown or expired prediction_id")
+    if body.label not in item.labels:
+        raise HTTPException(status_code=422, detail=f"label must be one of the model's labels: {', '.join(item.labels)}")
+    if state.feedback is None:
+        raise HTTPException(status_code=503, detail="this service has no feedback database (start it with feedback_db=)")
+    try:
+        row = await run_in_threadpool(state.feedback.add, body.prediction_id, item, body.label, body.comment)
+    except Exception as exc:  # noqa: BLE001 - reported without its message
+        log.error("feedback not saved: %s", type(exc).__name__)
+        raise HTTPException(status_code=500, detail="feedback not saved") from None
+    log.info("feedback saved (row %d)", row)
+    return FeedbackSaved(id=row, prediction_id=body.prediction_id, model_version=item.version,
+                         predicted_label=item.label, label=body.label, agrees=item.label == body.label)
 
 
 @router.post("/reload", dependencies=[Depends(authorize)], responses={401: {"model": Error}, 409: {"model": Error}})
@@ -130,14 +166,26 @@ async def predict(body: PredictRequest, request: Request) -> PredictResponse:
     log.info("predicted %d text(s) in %.0f ms", len(texts), (time.perf_counter() - started) * 1000)
     labels = model.label_names
     sets, decided = model.sets(probs), model.decide(probs)
-    if sets is None:
-        return PredictResponse(version=model.version, labels=labels, predictions=[
-            Prediction(label=labels[int(decided[i])], probabilities=dict(zip(labels, map(float, row))))
-            for i, row in enumerate(probs)])
-    sizes = sets.sum(axis=1)
-    referred = refer(sizes) if refer is not None else np.zeros(len(sizes), dtype=bool)
-    return PredictResponse(version=model.version, labels=labels, predictions=[
-        Prediction(label=REFER_LABEL if referred[i] else labels[int(decided[i])],
-                   probabilities=dict(zip(labels, map(float, row))),
-                   prediction_set=[name for name, inside in zip(labels, sets[i]) if inside], set_size=int(sizes[i]))
-        for i, row in enumerate(probs)])
+    sizes = sets.sum(axis=1) if sets is not None else None
+    referred = refer(sizes) if refer is not None and sizes is not None else np.zeros(len(probs), dtype=bool)
+    answered = [REFER_LABEL if referred[i] else labels[int(decided[i])] for i in range(len(probs))]
+    monitor = getattr(state, "monitor", None)
+    if monitor is not None:
+        lengths = [len(t) + (len(pairs[i]) if pairs is not None else 0) for i, t in enumerate(texts)]
+        monitor.observe(model, probs, answered, lengths, sizes)
+    recent, ids = getattr(state, "recent", None), [None] * len(probs)
+    if recent is not None:
+        at, deidentify = now_iso(), state.deidentify(model)
+        ids = [recent.remember(Remembered(text=texts[i], text_pair=pairs[i] if pairs is not None else None,
+                                          label=answered[i], probabilities=dict(zip(labels, map(float, row))),
+                                          version=model.version, labels=tuple(labels), deidentify=deidentify, at=at))
+               for i, row in enumerate(probs)]
+    predictions = []
+    for i, row in enumerate(probs):
+        fields = {"label": answered[i], "probabilities": dict(zip(labels, map(float, row)))}
+        if sets is not None:
+            fields.update(prediction_set=[name for name, inside in zip(labels, sets[i]) if inside], set_size=int(sizes[i]))
+        if ids[i] is not None:
+            fields["prediction_id"] = ids[i]
+        predictions.append(Prediction(**fields))
+    return PredictResponse(version=model.version, labels=labels, predictions=predictions)

@@ -23,6 +23,9 @@ class Prediction(BaseModel):
     # Only from a model folder with a conformal threshold (decision.json): the split-conformal set.
     prediction_set: Optional[list[str]] = None
     set_size: Optional[int] = None
+    # What POST /feedback names this prediction by (a random UUID4, remembered for the service's
+    # last 10,000 predictions).
+    prediction_id: Optional[str] = None
 
 
 class PredictResponse(BaseModel):
@@ -31,10 +34,36 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
+class Drift(BaseModel):
+    # Population stability index of the served window vs the test split; null until `window`
+    # reaches the minimum (100) or where the model folder has no test predictions.
+    class_mix_psi: Optional[float] = None
+    confidence_psi: Optional[float] = None
+    window: int
+    alerts: list[str]
+    reference: Optional[str] = None
+
+
 class Health(BaseModel):
     status: str
     version: Optional[str]
     labels: list[str]
+    drift: Optional[Drift] = None
+
+
+class FeedbackRequest(BaseModel):
+    prediction_id: str = Field(min_length=1, max_length=64)
+    label: str = Field(min_length=1)  # the right label: one of the model's labels
+    comment: Optional[str] = Field(default=None, max_length=10_000)
+
+
+class FeedbackSaved(BaseModel):
+    id: int
+    prediction_id: str
+    model_version: Optional[str]
+    predicted_label: str
+    label: str
+    agrees: bool
 
 
 class Reloaded(BaseModel):

@@ -2,13 +2,19 @@
 
     MEDSWEEP_API_TOKEN=<secret> python -m medsweep.serve model=<promoted dir> [host=127.0.0.1] [port=8000]
         [max_request_bytes=1000000] [max_batch=64] [allow_no_auth=false] [batch_texts=64] [batch_wait_ms=0]
-        [refer_when=set_size>1]
+        [refer_when=set_size>1] [feedback_db=<runs/<run>/feedback.sqlite>]
 
 GET /health (no token): {"status": "ok", "version", "labels"} of the model being served.
 POST /predict with `Authorization: Bearer <token>` and {"texts": [...], "text_pairs": [...]?}:
 {"version", "labels", "predictions": [{"label", "probabilities": {label: p}}]}, in input order; a model
 folder with a conformal threshold (decision.json) adds "prediction_set" (labels) and "set_size" to each
 prediction, and refer_when=set_size>1 (or set_size!=1, which refers empty sets too) answers "refer".
+Each prediction carries a `prediction_id` (a random UUID4; the service remembers its last 10,000
+predictions, in memory only). POST /feedback (token) with {"prediction_id", "label", "comment"?}
+keeps the right label in the feedback database (serving/feedback.py; `python -m medsweep.feedback`
+exports and summarises it): 404 for a prediction it does not remember, 422 for a label the model
+does not have. GET /metrics (token): Prometheus metrics (serving/monitoring.py); /health adds
+"drift", the PSI of the served predictions' class mix and confidence against the test split.
 POST /reload (token) or SIGHUP: load `model=` again (a `promoted` link is resolved anew) and swap it
 in once loaded; requests in flight finish on the old model; a folder that cannot be loaded is 409
 and the old model keeps serving. GET /openapi.json needs the token too.
@@ -62,6 +68,8 @@ class ServeArgs:
                              minimum=0)
     refer_when: Optional[str] = arg("answer `refer` as the label where the prediction set matches, e.g. set_size>1 "
                                     "(needs a model with decision.json)", None, "RULE")
+    feedback_db: Optional[str] = arg("the SQLite database POST /feedback appends to (default: feedback.sqlite in the "
+                                     "run dir of a `promoted` link, else beside the model folder)", None, "FILE")
 
 
 class RequestSizeLimit:
@@ -69,15 +77,15 @@ class RequestSizeLimit:
     bytes actually received (chunked uploads declare none). The accepted body is at most max_bytes,
     so it is buffered and replayed to the app."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, on_reject=None):
+        self.app, self.max_bytes, self.on_reject = app, max_bytes, on_reject
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            return await self.reject(send)
+            return await self.reject(send, scope.get("path", ""))
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -86,7 +94,7 @@ class RequestSizeLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                return await self.reject(send)
+                return await self.reject(send, scope.get("path", ""))
             chunks.append(chunk)
             more = message.get("more_body", False)
         body, replayed = b"".join(chunks), False
@@ -100,7 +108,9 @@ class RequestSizeLimit:
 
         await self.app(scope, replay, send)
 
-    async def reject(self, send):
+    async def reject(self, send, path: str = ""):
+        if self.on_reject is not None:
+            self.on_reject(path)
         payload = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes"}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
@@ -149,16 +159,20 @@ async def lifespan(app, reload_on_sighup: bool = False):
 
 def create_app(promoted, token: Optional[str], max_request_bytes: int = 1_000_000, max_batch: int = 64,
                batch_texts: int = 64, batch_wait_ms: float = 0.0, reload_on_sighup: bool = False,
-               refer_when: Optional[str] = None):
+               refer_when: Optional[str] = None, feedback_db: Optional[str] = None):
     """The ASGI app for a loaded medsweep.serving.inference.PromotedModel. token=None: no authentication.
     `batch_texts`: most texts in one forward pass, gathered across concurrent requests (1: one request
     at a time); `reload_on_sighup`: SIGHUP reloads the model (only where the app runs on the main thread);
-    `refer_when` (e.g. "set_size>1"): the label of a prediction whose conformal set matches is `refer`."""
+    `refer_when` (e.g. "set_size>1"): the label of a prediction whose conformal set matches is `refer`;
+    `feedback_db`: where POST /feedback writes (default: serving.feedback.default_db of the model's
+    source; the file is created on the first feedback)."""
     # FastAPI is the `serve` extra: imported here, so that the command line can say how to install it.
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
 
     from medsweep.serving.batching import Batcher
+    from medsweep.serving.feedback import FeedbackStore, RecentPredictions, default_db, trained_deidentified
+    from medsweep.serving.monitoring import MeasureRequests, Monitor
     from medsweep.serving.inference import check_refer_rule, refer_rule
     from medsweep.serving.routes import invalid_request, router
 
@@ -173,9 +187,19 @@ def create_app(promoted, token: Optional[str], max_request_bytes: int = 1_000_00
     app.state.served = ServedModel(promoted)
     app.state.batcher = Batcher(max_texts=batch_texts, wait_s=batch_wait_ms / 1000)
     app.state.token, app.state.max_batch, app.state.refer = token, max_batch, refer
+    app.state.recent = RecentPredictions()
+    source = promoted.source or promoted.folder
+    # None: a model loaded from no folder and no feedback_db= (POST /feedback is 503 there).
+    db = feedback_db if feedback_db is not None else (default_db(source) if source is not None else None)
+    app.state.feedback = FeedbackStore(db) if db is not None else None
+    deidentified: dict = {}  # model folder -> trained on de-identified text (read once per version)
+    app.state.deidentify = lambda model: deidentified.setdefault(model.folder, trained_deidentified(model.folder))
+    app.state.monitor = monitor = Monitor()
+    app.add_middleware(MeasureRequests, monitor=monitor)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.include_router(router)
-    return RequestSizeLimit(app, max_request_bytes)
+    # A refused body is answered before the app (and its MeasureRequests) sees it: counted here.
+    return RequestSizeLimit(app, max_request_bytes, on_reject=lambda path: monitor.request(path, 413, 0.0))
 
 
 def resolve_token(host: str, allow_no_auth: bool, environ=os.environ) -> Optional[str]:
@@ -223,7 +247,8 @@ def serve(args: ServeArgs) -> None:
     if token is None:
         log.warning("no bearer token: anyone who can reach %s:%d can use the model", args.host, args.port)
     app = create_app(promoted, token, args.max_request_bytes, args.max_batch, batch_texts=args.batch_texts,
-                     batch_wait_ms=args.batch_wait_ms, reload_on_sighup=True, refer_when=args.refer_when)
+                     batch_wait_ms=args.batch_wait_ms, reload_on_sighup=True, refer_when=args.refer_when,
+                     feedback_db=args.feedback_db or None)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info", access_log=True)
     # Uvicorn configures its loggers when the Config is made; the filter goes on after that.
     logging.getLogger("uvicorn.access").addFilter(RedactQuery())

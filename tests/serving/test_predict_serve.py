@@ -253,12 +253,13 @@ def test_serve_returns_prediction_sets_and_refers(promoted, sentences, tmp_path)
     got = np.array([[p["probabilities"][n] for n in model.label_names] for p in predictions])
     np.testing.assert_allclose(got, probs, atol=1e-6)
 
-    # A folder without decision.json answers exactly as before: no set fields at all...
+    # A folder without decision.json answers as before (with its prediction_id for POST /feedback):
+    # no set fields at all...
     old = load_promoted(without_decision(promoted, tmp_path))
     with serving(serve.create_app(old, TOKEN)) as url:
         response = httpx.post(f"{url}/predict", json={"texts": sentences}, headers=auth, timeout=60)
     assert response.status_code == 200 and response.json()["version"] == "v001"
-    assert all(set(p) == {"label", "probabilities"} for p in response.json()["predictions"])
+    assert all(set(p) == {"label", "probabilities", "prediction_id"} for p in response.json()["predictions"])
     # ...and a referral rule for it is refused before the service starts.
     with pytest.raises(ConfigError, match="refer_when needs prediction sets"):
         serve.create_app(old, TOKEN, refer_when="set_size>1")

@@ -1,0 +1,139 @@
+"""GET /metrics and the drift in /health against a real uvicorn on 127.0.0.1 and a real promoted
+tiny model: in-distribution Medical Abstracts notes raise no alert; PubMedQA's MeSH term lists
+(another corpus: comma-separated keyword lists, other lengths and vocabulary) do.
+
+The tiny random model (32 wide) predicts its majority class for every input and its confidences
+all lie within about 0.002 of each other, so the class-mix PSI cannot move with it (that statistic
+is checked without a server, below), and PubMedQA's questions or abstracts, which read like the
+training abstracts, do not move its confidence histogram either (PSI ~0.08, as for in-distribution
+notes). Its keyword lists do (PSI ~0.4 against the reference's quantile bins): that is the
+off-distribution corpus here."""
+
+import json
+import shutil
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from medsweep.serving import serve
+from medsweep.serving.inference import load_promoted
+from medsweep.serving.monitoring import Monitor, Reference, psi
+from tests.conftest import SHARED_DATA, TINY, compose_config, serving
+
+TOKEN = "monitor-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def promoted(tmp_path_factory):
+    """A real promotion of a real tiny trial (its test predictions are the drift reference)."""
+    from medsweep.promotion.release import promote_checkpoint
+    from medsweep.training.trial import run_trial
+
+    base = tmp_path_factory.mktemp("monitor")
+    kept = base / "ckpt"
+
+    def keep_last(report, checkpoint_dir):
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(checkpoint_dir, kept)
+
+    run_trial(compose_config(TINY, run_dir=base), on_evaluation=keep_last)
+    return promote_checkpoint(kept, base / "run")
+
+
+def in_distribution(n: int) -> list[str]:
+    """Medical Abstracts test rows, all classes, in the file's order from the end (the reference
+    split is drawn from the same file)."""
+    frame = pd.read_csv(SHARED_DATA / "medical_abstracts" / "medical_tc_test.csv")
+    return frame["medical_abstract"].sample(n=n, random_state=0).tolist()
+
+
+def off_distribution(n: int) -> list[str]:
+    """PubMedQA's MeSH terms, one comma-separated list per item: not notes at all."""
+    data = json.loads((SHARED_DATA / "pubmedqa" / "ori_pqal.json").read_text())
+    return [", ".join(item["MESHES"]) for item in list(data.values()) if item.get("MESHES")][:n]
+
+
+def send(url, texts, batch=25):
+    for start in range(0, len(texts), batch):
+        response = httpx.post(f"{url}/predict", json={"texts": texts[start:start + batch]}, headers=AUTH, timeout=120)
+        assert response.status_code == 200, response.text
+
+
+def metric(text: str, name: str, /, **labels) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    raise AssertionError(f"{name} {labels} not in /metrics")
+
+
+def test_drift_alerts_on_another_corpus_and_metrics_are_exposed(promoted, capsys):
+    model = load_promoted(promoted)
+    with serving(serve.create_app(model, TOKEN, max_batch=32)) as url:
+        health = httpx.get(f"{url}/health").json()
+        assert health["status"] == "ok" and health["version"] == "v001"
+        assert health["drift"]["window"] == 0 and health["drift"]["class_mix_psi"] is None
+
+        send(url, in_distribution(150))
+        drift = httpx.get(f"{url}/health").json()["drift"]
+        with capsys.disabled():
+            print("\nin-distribution drift:", drift)
+        assert drift["window"] == 150 and drift["class_mix_psi"] is not None
+        assert drift["alerts"] == [], drift
+
+        # The window is the last 500: all of them from PubMedQA now.
+        send(url, off_distribution(500))
+        drift = httpx.get(f"{url}/health").json()["drift"]
+        with capsys.disabled():
+            print("off-distribution drift:", drift)
+        assert drift["window"] == 500
+        assert drift["alerts"], drift
+
+        assert httpx.get(f"{url}/metrics").status_code == 401  # the token, as for /predict
+        assert httpx.post(f"{url}/predict", json={"texts": []}, headers=AUTH).status_code == 422
+        exposition = httpx.get(f"{url}/metrics", headers=AUTH)
+        assert exposition.status_code == 200 and exposition.headers["content-type"].startswith("text/plain")
+        text = exposition.text
+    assert metric(text, "medsweep_requests_total", endpoint="/predict", status="200") == 26
+    assert metric(text, "medsweep_requests_total", endpoint="/predict", status="422") == 1
+    assert metric(text, "medsweep_request_errors_total", endpoint="/predict", kind="client") == 1
+    assert metric(text, "medsweep_request_latency_seconds_count", endpoint="/predict") == 27
+    assert sum(metric(text, "medsweep_predicted_class_total", label=name) for name in model.label_names
+               if f'label="{name}"' in text) + (metric(text, "medsweep_predicted_class_total", label="refer")
+                                                if 'label="refer"' in text else 0) == 650
+    assert metric(text, "medsweep_prediction_confidence_count") == 650
+    assert metric(text, "medsweep_prediction_set_size_count") == 650  # the tiny promoted folder has decision.json
+    assert metric(text, "medsweep_input_length_chars_count") == 650
+    assert metric(text, "medsweep_drift_window") == 500
+    assert metric(text, "medsweep_drift_class_mix_psi") == pytest.approx(drift["class_mix_psi"])
+    assert metric(text, "medsweep_drift_confidence_psi") == pytest.approx(drift["confidence_psi"])
+    for name in ("class_mix_psi", "confidence_psi"):
+        assert metric(text, "medsweep_drift_alert", name=name) == (1.0 if name in drift["alerts"] else 0.0)
+    assert "myocardial" not in text.lower()  # no text in the metrics
+
+
+def test_psi_and_the_window_without_a_server():
+    assert psi([10, 10, 10], [5, 5, 5]) == pytest.approx(0.0)
+    assert psi([30, 0, 0], [10, 10, 10]) > 0.2
+    rng = np.random.default_rng(0)
+    reference = Reference(rng.dirichlet(np.ones(4) * 5, size=400))
+    assert len(reference.edges) == 4 and reference.confidence.sum() == 400
+
+    class Model:  # what Monitor reads of the model being served
+        folder = None
+
+    monitor = Monitor(window=200, min_window=100)
+    monitor._folder, monitor._reference = None, reference  # the reference as if loaded from the folder
+    probs = rng.dirichlet(np.ones(4) * 5, size=99)
+    monitor.observe(Model, probs, ["a"] * 99, [10] * 99)
+    assert monitor.drift()["class_mix_psi"] is None  # under the minimum: not judged
+    monitor.observe(Model, rng.dirichlet(np.ones(4) * 5, size=101), ["a"] * 101, [10] * 101)
+    assert monitor.drift()["alerts"] == [] and monitor.drift()["window"] == 200
+    skewed = np.tile([0.97, 0.01, 0.01, 0.01], (200, 1))  # one class, all confident
+    monitor.observe(Model, skewed, ["a"] * 200, [10] * 200)
+    assert sorted(monitor.drift()["alerts"]) == ["class_mix_psi", "confidence_psi"]
