@@ -1,5 +1,6 @@
-"""What clinicians said of the served model's predictions (POST /feedback of `python -m medsweep.serve`):
+"""What clinicians said of the served model's predictions (POST /feedback of `python -m medsweep.serve`).
 
+usage:
     python -m medsweep.feedback export db=<runs/<run>/feedback.sqlite> output=<feedback.csv>
     python -m medsweep.feedback summary db=<runs/<run>/feedback.sqlite> [format=text|json]
 

@@ -193,7 +193,13 @@ def create_app(promoted, token: Optional[str], max_request_bytes: int = 1_000_00
     db = feedback_db if feedback_db is not None else (default_db(source) if source is not None else None)
     app.state.feedback = FeedbackStore(db) if db is not None else None
     deidentified: dict = {}  # model folder -> trained on de-identified text (read once per version)
-    app.state.deidentify = lambda model: deidentified.setdefault(model.folder, trained_deidentified(model.folder))
+
+    def deidentify(model) -> bool:
+        if model.folder not in deidentified:
+            deidentified[model.folder] = trained_deidentified(model.folder)
+        return deidentified[model.folder]
+
+    app.state.deidentify = deidentify
     app.state.monitor = monitor = Monitor()
     app.add_middleware(MeasureRequests, monitor=monitor)
     app.add_exception_handler(RequestValidationError, invalid_request)

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 
 import httpx
 import pytest
@@ -139,6 +140,30 @@ def test_text_is_masked_where_the_model_was_trained_deidentified(promoted, tmp_p
     assert row["comment"] == "Dr. [NAME] agrees"
 
 
+def test_a_text_pair_is_kept_with_its_text(promoted, tmp_path):
+    folder = tmp_path / "pair_model"
+    shutil.copytree(promoted.resolve(), folder)
+    config = yaml.safe_load((folder / "medsweep_config.yaml").read_text())
+    config["data"]["text_pair_column"] = "context"
+    (folder / "medsweep_config.yaml").write_text(yaml.safe_dump(config))
+    db = tmp_path / "sub" / "pairs.sqlite"
+    with serving(serve.create_app(load_promoted(folder), TOKEN, feedback_db=str(db))) as url:
+        [p] = httpx.post(
+            f"{url}/predict", json={"texts": ["Is aspirin useful?"], "text_pairs": ["Aspirin after infarction."]},
+            headers=AUTH, timeout=60).json()["predictions"]
+        assert httpx.post(f"{url}/feedback", json={"prediction_id": p["prediction_id"], "label": p["label"]},
+                          headers=AUTH).status_code == 200
+    [row] = rows(db)
+    assert (row["text"], row["text_pair"], row["agrees"]) == ("Is aspirin useful?", "Aspirin after infarction.", 1)
+
+
+def test_serve_takes_feedback_db():
+    from medsweep.serving.args import parse
+
+    assert parse(serve.ServeArgs, ["model=m", "feedback_db=/tmp/x.sqlite"]).feedback_db == "/tmp/x.sqlite"
+    assert parse(serve.ServeArgs, ["model=m"]).feedback_db is None
+
+
 def test_recent_predictions_are_bounded():
     recent = RecentPredictions(capacity=3)
     item = Remembered("t", None, "a", {}, "v1", ("a",), False, "now")
@@ -196,3 +221,39 @@ def test_export_and_summary_cli(tmp_path):
     assert feedback_cli.main(["export", f"db={db}"]) == 2  # no output=
     assert feedback_cli.main(["bogus"]) == 2
     assert feedback_cli.main(["--help"]) == 0
+
+
+def test_the_cli_server_keeps_feedback_in_the_run_dir_and_never_logs_the_text(promoted, tmp_path):
+    """`python -m medsweep.serve model=<run>/promoted` with its access log on: feedback lands in
+    <run>/feedback.sqlite, and neither the note nor the comment is in the server's output."""
+    from tests.conftest import free_port
+    from tests.serving.test_predict_serve import start_server, stop
+
+    run = tmp_path / "run"
+    shutil.copytree(promoted.parent, run, symlinks=True)  # the run dir, its `promoted` link relative
+    db = run / FEEDBACK_DB
+    port, log_path = free_port(), tmp_path / "serve.log"
+    proc = start_server([f"model={run / 'promoted'}", f"port={port}"], {serve.TOKEN_ENV: TOKEN}, log_path)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, log_path.read_text()
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.time() < deadline, log_path.read_text()
+            time.sleep(0.25)
+        [p] = predict(base, [SECRET])["predictions"]
+        saved = httpx.post(f"{base}/feedback", json={"prediction_id": p["prediction_id"], "label": p["label"],
+                                                     "comment": "Seen by Dr. Zebulon Farquharson"}, headers=AUTH)
+        assert saved.status_code == 200, saved.text
+    finally:
+        stop(proc)
+    log = log_path.read_text()
+    assert '"POST /feedback HTTP/1.1" 200' in log and "feedback saved" in log  # the access log was on
+    assert "Quixotic" not in log and "99887766" not in log and "Farquharson" not in log
+    [row] = rows(db)
+    assert row["text"] == SECRET and row["model_version"] == "v001"

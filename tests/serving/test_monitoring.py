@@ -137,3 +137,21 @@ def test_psi_and_the_window_without_a_server():
     skewed = np.tile([0.97, 0.01, 0.01, 0.01], (200, 1))  # one class, all confident
     monitor.observe(Model, skewed, ["a"] * 200, [10] * 200)
     assert sorted(monitor.drift()["alerts"]) == ["class_mix_psi", "confidence_psi"]
+
+
+def test_another_version_resets_the_window_and_takes_its_reference(promoted, tmp_path):
+    """A reload to another folder: its own reference (its test predictions), a fresh window."""
+    monitor = Monitor(window=500, min_window=2)
+
+    class Served:
+        folder = promoted.resolve()
+
+    class Other:
+        folder = tmp_path  # no test_predictions.npz: served without drift
+
+    probs = np.tile([0.1, 0.2, 0.3, 0.2, 0.2], (3, 1))
+    monitor.observe(Served, probs, ["a"] * 3, [5] * 3)
+    assert monitor.drift()["window"] == 3 and monitor.drift()["class_mix_psi"] is not None
+    monitor.observe(Other, probs[:1], ["a"], [5])
+    drift = monitor.drift()
+    assert drift["window"] == 1 and drift["class_mix_psi"] is None and drift["reference"].startswith("none")
