@@ -22,7 +22,7 @@ from medsweep.rundir import FEEDBACK_DB, RunDir
 from medsweep.serving import serve
 from medsweep.serving.feedback import RecentPredictions, Remembered, default_db, summarize, wilson
 from medsweep.serving.inference import load_promoted
-from tests.conftest import ROOT, TINY, compose_config, serving
+from tests.conftest import ROOT, serving, tiny_checkpoints
 
 TOKEN = "feedback-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -33,16 +33,9 @@ SECRET = "Patient: Johanna Quixotic-Marlowe, MRN: 99887766, seen 03/14/2021 for 
 def promoted(tmp_path_factory):
     """A real promotion of a real tiny trial: the run's `promoted` link."""
     from medsweep.promotion.release import promote_checkpoint
-    from medsweep.training.trial import run_trial
 
     base = tmp_path_factory.mktemp("feedback")
-    kept = base / "ckpt"
-
-    def keep_last(report, checkpoint_dir):
-        shutil.rmtree(kept, ignore_errors=True)
-        shutil.copytree(checkpoint_dir, kept)
-
-    run_trial(compose_config(TINY, run_dir=base), on_evaluation=keep_last)
+    kept, _ = tiny_checkpoints(base)[-1]
     return promote_checkpoint(kept, base / "run")
 
 

@@ -10,7 +10,6 @@ notes). Its keyword lists do (PSI ~0.4 against the reference's quantile bins): t
 off-distribution corpus here."""
 
 import json
-import shutil
 
 import httpx
 import numpy as np
@@ -20,7 +19,7 @@ import pytest
 from medsweep.serving import serve
 from medsweep.serving.inference import load_promoted
 from medsweep.serving.monitoring import Monitor, Reference, psi
-from tests.conftest import SHARED_DATA, TINY, compose_config, serving
+from tests.conftest import SHARED_DATA, serving, tiny_checkpoints
 
 TOKEN = "monitor-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -30,21 +29,14 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 def promoted(tmp_path_factory):
     """A real promotion of a real tiny trial (its test predictions are the drift reference)."""
     from medsweep.promotion.release import promote_checkpoint
-    from medsweep.training.trial import run_trial
 
     base = tmp_path_factory.mktemp("monitor")
-    kept = base / "ckpt"
-
-    def keep_last(report, checkpoint_dir):
-        shutil.rmtree(kept, ignore_errors=True)
-        shutil.copytree(checkpoint_dir, kept)
-
-    run_trial(compose_config(TINY, run_dir=base), on_evaluation=keep_last)
+    kept, _ = tiny_checkpoints(base)[-1]
     return promote_checkpoint(kept, base / "run")
 
 
 def in_distribution(n: int) -> list[str]:
-    """Medical Abstracts test rows, all classes, in the file's order from the end (the reference
+    """Medical Abstracts test rows, a seeded sample of all classes (the reference
     split is drawn from the same file)."""
     frame = pd.read_csv(SHARED_DATA / "medical_abstracts" / "medical_tc_test.csv")
     return frame["medical_abstract"].sample(n=n, random_state=0).tolist()
