@@ -3,7 +3,7 @@ database where a clinician's "the right label was X" is kept (POST /feedback wri
 `python -m medsweep.feedback` tool exports and summarises it). This module owns the schema.
 
 Safety: the texts kept here never reach a log. Recent predictions live in memory only, bounded
-(the last `capacity`, 10,000 by default); a feedback row stores the text (and pair) masked with
+(the last `capacity`, 10,000 by default, and no more than 100 million characters of text); a feedback row stores the text (and pair) masked with
 medsweep.data.deid when the model was trained with data.deidentify=true (its medsweep_config.yaml
 says so), as the training data was.
 
@@ -28,6 +28,7 @@ from typing import Optional
 from medsweep.rundir import FEEDBACK_DB, PROMOTED, RunDir
 
 RECENT_PREDICTIONS = 10_000
+RECENT_CHARS = 100_000_000  # and at most this many characters of text (about 100-400 MB)
 BUSY_TIMEOUT_MS = 10_000
 SCHEMA_VERSION = 1
 COLUMNS = ("id", "created_at", "prediction_id", "model_version", "predicted_label", "right_label", "agrees",
@@ -70,20 +71,27 @@ class Remembered:
 
 
 class RecentPredictions:
-    """prediction_id -> Remembered for the last `capacity` predictions (oldest forgotten first),
-    thread-safe. Memory only: never written anywhere, never logged."""
+    """prediction_id -> Remembered for the last `capacity` predictions holding at most `max_chars`
+    characters of text (oldest forgotten first), thread-safe. Memory only: never written anywhere, never logged."""
 
-    def __init__(self, capacity: int = RECENT_PREDICTIONS):
-        self.capacity = capacity
+    def __init__(self, capacity: int = RECENT_PREDICTIONS, max_chars: int = RECENT_CHARS):
+        self.capacity, self.max_chars = capacity, max_chars
         self._items: OrderedDict[str, Remembered] = OrderedDict()
+        self._chars = 0  # characters of text held: long notes are forgotten sooner than 10,000
         self._lock = threading.Lock()
+
+    @staticmethod
+    def _size(item: Remembered) -> int:
+        return len(item.text) + len(item.text_pair or "")
 
     def remember(self, item: Remembered) -> str:
         key = str(uuid.uuid4())
         with self._lock:
             self._items[key] = item
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            self._chars += self._size(item)
+            while len(self._items) > self.capacity or (self._chars > self.max_chars and len(self._items) > 1):
+                _, old = self._items.popitem(last=False)
+                self._chars -= self._size(old)
         return key
 
     def get(self, key: str) -> Optional[Remembered]:

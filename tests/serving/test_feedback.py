@@ -163,6 +163,10 @@ def test_recent_predictions_are_bounded():
     keys = [recent.remember(item) for _ in range(5)]
     assert len(recent) == 3 and recent.get(keys[0]) is None and recent.get(keys[1]) is None
     assert recent.get(keys[4]) is item
+    by_size = RecentPredictions(capacity=100, max_chars=25)
+    note = Remembered("x" * 10, None, "a", {}, "v1", ("a",), False, "now")
+    keys = [by_size.remember(note) for _ in range(4)]
+    assert len(by_size) == 2 and by_size.get(keys[1]) is None and by_size.get(keys[3]) is note
 
 
 def test_wilson_interval():
