@@ -14,7 +14,7 @@ SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scrip
 
 def test_every_console_script_names_a_callable():
     assert set(SCRIPTS) == {"medsweep", "medsweep-predict", "medsweep-serve", "medsweep-report", "medsweep-explain",
-                            "medsweep-compare"}
+                            "medsweep-compare", "medsweep-feedback"}
     for target in SCRIPTS.values():
         module, _, function = target.partition(":")
         assert callable(getattr(importlib.import_module(module), function)), target
