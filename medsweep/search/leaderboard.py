@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from pathlib import Path
 
@@ -81,6 +82,25 @@ class TrialResults(Callback):
         """How a trial that ended without an error ended (see end_status)."""
         return end_status(self.last.get(trial_id))
 
+    def recover(self, trial) -> None:
+        """A trial that reported its last evaluation just before the driver stopped is resumed by the
+        next driver and ends at once, without a new result (its checkpoint is past its last step):
+        its results are read back from its result.json, so its row keeps its numbers and status."""
+        folder = getattr(trial, "local_path", None)
+        if trial.trial_id in self.last or not folder:
+            return
+        try:
+            lines = (Path(folder) / "result.json").read_text().splitlines()
+        except OSError:
+            return
+        for line in lines:
+            try:
+                result = json.loads(line)
+            except ValueError:  # a line cut short by the driver's stop
+                continue
+            if isinstance(result, dict):
+                TrialResults.on_trial_result(self, None, None, trial, result)
+
 
 class Leaderboard(TrialResults):
     def __init__(self, run_dir: str | Path, metric: str, mode: str, param_names: list[str]):
@@ -108,6 +128,7 @@ class Leaderboard(TrialResults):
                 self.rows[row["trial_id"]] = {k: v if k in TEXT_COLUMNS else _parse(v) for k, v in row.items()}
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self.recover(trial)
         self._finish(trial, self.end_status(trial.trial_id))
 
     def on_trial_error(self, iteration, trials, trial, **info):

@@ -39,3 +39,22 @@ def test_leaderboard_is_rewritten_as_trials_finish_and_sorted_by_the_metric(tmp_
     markdown = (tmp_path / "leaderboard.md").read_text().splitlines()
     assert "lower is better" in markdown[0]
     assert [line.split("|")[2].strip() for line in markdown[4:]] == ["b", "a", "c"]
+
+
+def test_a_trial_resumed_after_its_last_evaluation_keeps_its_numbers(tmp_path):
+    """The driver stopped right after a trial reported its final evaluation; the next driver resumes the
+    trial, which ends at once without a new result. Its row is built from its result.json (seen in a
+    SIGINT fault test: the row said 0 evaluations, early_stopped)."""
+    import json
+
+    folder = tmp_path / "ray" / "sweep" / "tune_trial_a"
+    folder.mkdir(parents=True)
+    history = [{"val_loss": 0.9, "val_f1_macro": 0.2, "step": 10, "final": False},
+               {"val_loss": 0.4, "val_f1_macro": 0.5, "step": 20, "final": False},
+               {"val_loss": 0.6, "val_f1_macro": 0.45, "step": 30, "final": True}]
+    (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in history) + '{"val_loss": 0.')
+    board = Leaderboard(tmp_path, "val_loss", "min", ["trainer.learning_rate"])
+    resumed = SimpleNamespace(trial_id="a", config={"trainer": {"learning_rate": 1e-3}}, local_path=str(folder))
+    board.on_trial_complete(1, [], resumed)
+    (row,) = read(tmp_path)
+    assert (row["status"], row["evaluations"], float(row["best_value"]), row["best_step"]) == ("completed", "3", 0.4, "20")
