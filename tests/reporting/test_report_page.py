@@ -134,7 +134,11 @@ def test_in_a_headless_browser_nothing_is_wider_than_a_laptop_screen(page, tmp_p
     shutil.copytree(run_dir / "report", tmp_path, dirs_exist_ok=True)
     probe.write_text(probe.read_text().replace(
         "</body>", "<script>document.title='width='+document.documentElement.scrollWidth</script></body>"))
-    proc = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={LAPTOP_PX},900",
+    # No background networking, first-run or component updates: the machine's network is closed, and a fresh
+    # profile so that nothing of another run is read.
+    proc = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                           "--disable-component-update", "--disable-sync", "--no-first-run",
+                           f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={LAPTOP_PX},900",
                            "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120, check=False)
     width = int(re.search(r"<title>width=(\d+)</title>", proc.stdout).group(1))
     assert width <= LAPTOP_PX
