@@ -65,6 +65,16 @@ def evaluate_test_split(model, tokenizer, config: dict, splits=None) -> tuple[np
     return test["label"].to_numpy(), calibration.softmax(logits), splits.summary, subgroups.group_columns(test), logits
 
 
+def test_inputs(tokenizer, config: dict, splits) -> dict:
+    """The test rows' lengths and unknown-token counts: the served inputs' drift reference
+    (serving/monitoring.py measures each request with the same function)."""
+    from medsweep.serving.monitoring import input_profile
+
+    test = configured_splits(config, splits).test
+    pairs = test["text_pair"].tolist() if "text_pair" in test.columns else None
+    return input_profile(tokenizer, test["text"].tolist(), pairs, config["trainer"]["max_length"])
+
+
 def calibrate(model, tokenizer, config: dict, validation, quantized: bool) -> dict:
     """Fit (and bake into `model`, before it is written) the temperature, and fit the conformal
     threshold, on the validation split. Returns what the report and decision.json need."""
@@ -232,6 +242,7 @@ def promote_checkpoint(checkpoint_dir: str | Path, run_dir: str | Path, provenan
                   **calibration_report(fitted, labels, logits, info["label_names"], config),
                   "decision_rule": {**rule, "test": decision.test_effect(calibration.softmax(logits), labels,
                                                                          rule.get("offsets"))}}
-        layout.write_record(version.folder, report, info["config"], labels, probs, info["label_names"])
+        layout.write_record(version.folder, report, info["config"], labels, probs, info["label_names"],
+                            inputs=test_inputs(tokenizer, config, splits))
         write_model_card(version.folder, report)
         return version.publish(history_entry(report))

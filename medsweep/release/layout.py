@@ -39,6 +39,8 @@ BASE_MODEL_FILE = "base_model.json"
 SETTINGS_FILE = "medsweep_config.yaml"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "test_predictions.npz"
+# Per test row, saved beside the predictions for the service's drift reference (monitoring.input_profile).
+INPUT_ARRAYS = ("input_chars", "input_tokens", "input_unknown")
 CARD_FILE = "README.md"
 DECISION_FILE = "decision.json"  # how probabilities become decisions: the conformal threshold (optional)
 TRIAL_FILE = "trial.json"  # the checkpoint's record (training/model.py writes it), copied as it is
@@ -81,14 +83,17 @@ def write_model(folder: Path, model, tokenizer, *, adapter_source: Optional[Path
     return ADAPTER if base_reference is not None else MERGED
 
 
-def write_record(folder: Path, report: dict, config: dict, labels, probs, label_names: list[str]) -> None:
-    """What promotion knows about the model: metrics.json, the resolved config, the test predictions."""
+def write_record(folder: Path, report: dict, config: dict, labels, probs, label_names: list[str],
+                 inputs: dict | None = None) -> None:
+    """What promotion knows about the model: metrics.json, the resolved config, the test predictions
+    (and `inputs`: the test rows' input_chars, input_tokens, input_unknown, the service's drift reference)."""
     import numpy as np
     import yaml
 
     folder = Path(folder)
     # Numbers only (never the texts), for the report's confusion matrix, ROC and calibration plots.
-    np.savez_compressed(folder / PREDICTIONS_FILE, labels=labels, probs=probs, label_names=np.array(label_names))
+    np.savez_compressed(folder / PREDICTIONS_FILE, labels=labels, probs=probs, label_names=np.array(label_names),
+                        **{k: np.asarray(v) for k, v in (inputs or {}).items() if k in INPUT_ARRAYS})
     (folder / METRICS_FILE).write_text(json.dumps(report, indent=2, default=str))
     (folder / SETTINGS_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
 
@@ -287,14 +292,16 @@ def read_metrics(path: str | Path) -> dict:
 
 
 def read_test_predictions(path: str | Path) -> dict | None:
-    """{labels, probs, label_names} of the test split at promotion, or None if the folder has none."""
+    """{labels, probs, label_names, inputs} of the test split at promotion, or None if the folder has
+    none; inputs: {name: array} of INPUT_ARRAYS (empty for a folder promoted before they were saved)."""
     import numpy as np
 
     file = resolve_folder(path) / PREDICTIONS_FILE
     if not file.exists():
         return None
     with np.load(file, allow_pickle=False) as npz:  # arrays only: a pickle would run code
-        return {"labels": npz["labels"], "probs": npz["probs"], "label_names": [str(n) for n in npz["label_names"]]}
+        return {"labels": npz["labels"], "probs": npz["probs"], "label_names": [str(n) for n in npz["label_names"]],
+                "inputs": {name: npz[name] for name in INPUT_ARRAYS if name in npz.files}}
 
 
 def quantization_kwargs(reference: dict) -> dict:

@@ -178,6 +178,21 @@ class FeedbackStore:
                 connection.close()
 
 
+    def accuracy(self, version: Optional[str], refer_label: str = "refer") -> tuple[int, int]:
+        """(labelled, right) of one model version's feedback rows, answers `refer_label` left out
+        (they claimed no label); (0, 0) before the first feedback."""
+        if not self.path.is_file():
+            return 0, 0
+        connection = connect(self.path)
+        try:
+            labelled, right = connection.execute(
+                "SELECT COUNT(*), COALESCE(SUM(agrees), 0) FROM feedback WHERE model_version IS ? AND predicted_label != ?",
+                (version, refer_label)).fetchone()
+        finally:
+            connection.close()
+        return int(labelled), int(right)
+
+
 # --- reading (the medsweep.feedback tool) ---------------------------------------------------------
 
 def read_rows(path) -> list[dict]:

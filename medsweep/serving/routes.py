@@ -24,8 +24,10 @@ import numpy as np
 
 from medsweep.serving.inference import REFER_LABEL
 from medsweep.serving.feedback import Remembered, now_iso
-from medsweep.serving.schemas import (Drift, Error, FeedbackRequest, FeedbackSaved, Health, Prediction, PredictRequest,
-                                      PredictResponse, Reloaded, with_request_limits)
+from medsweep.serving.monitoring import input_profile
+from medsweep.serving.schemas import (Drift, Error, ExplainRequest, Explanation, FeedbackAccuracy, FeedbackRequest,
+                                      FeedbackSaved, Health, Prediction, PredictRequest, PredictResponse, Reloaded,
+                                      with_request_limits)
 from medsweep.serving.served import ReloadError
 
 log = logging.getLogger("medsweep.serve")
@@ -79,20 +81,65 @@ async def openapi(request: Request) -> JSONResponse:
                                             text_pairs=bool(state.served.current.text_pair_column)))
 
 
+async def feedback_accuracy(state, model) -> Optional[dict]:
+    """The served version's accuracy on feedback-labelled cases (monitoring.Monitor.feedback_accuracy_of),
+    or None for a service without a feedback database or monitor."""
+    monitor, store = getattr(state, "monitor", None), getattr(state, "feedback", None)
+    if monitor is None or store is None:
+        return None
+    try:
+        labelled, right = await run_in_threadpool(store.accuracy, model.version, REFER_LABEL)
+    except Exception as exc:  # noqa: BLE001 - a database that cannot be read leaves health answering
+        log.error("feedback accuracy not read: %s", type(exc).__name__)
+        return None
+    return monitor.feedback_accuracy_of(model, labelled, right)
+
+
 @router.get("/health")
 async def health(request: Request) -> Health:
     state = request.app.state
     model = state.served.current
     monitor = getattr(state, "monitor", None)
+    accuracy = await feedback_accuracy(state, model)
     return Health(status="ok", version=model.version, labels=model.label_names,
-                  drift=Drift(**monitor.drift()) if monitor is not None else None)
+                  drift=Drift(**monitor.drift()) if monitor is not None else None,
+                  feedback=FeedbackAccuracy(**accuracy) if accuracy is not None else None)
 
 
 @router.get("/metrics", include_in_schema=False, dependencies=[Depends(authorize)])
 async def metrics(request: Request) -> Response:
     """The Prometheus text format (a scrape job sends the bearer token: `authorization` in its config)."""
-    body, content_type = request.app.state.monitor.exposition()
+    state = request.app.state
+    await feedback_accuracy(state, state.served.current)  # the feedback gauges, read now
+    state.monitor.drift()  # the drift gauges, judged now
+    body, content_type = state.monitor.exposition()
     return Response(content=body, media_type=content_type)
+
+
+@router.post("/explain", dependencies=[Depends(authorize)], responses={**ERRORS, 500: {"model": Error}})
+async def explain(body: ExplainRequest, request: Request) -> Explanation:
+    """The words that drove one prediction (serving/explain.py, occlusion: how much p(predicted)
+    drops without each word). One text per request: it costs a forward pass per word (at most
+    the model's max_length). Not counted in the drift window: the page asks /predict first."""
+    from medsweep.serving.explain import explain_one
+
+    model = request.app.state.served.current
+    if (body.text_pair is not None) != bool(model.text_pair_column):
+        raise HTTPException(status_code=422, detail="this model was trained on text pairs: send text_pair too"
+                            if model.text_pair_column else "this model takes single texts: do not send text_pair")
+    problem = check_texts("text", [body.text]) or (check_texts("text_pair", [body.text_pair])
+                                                   if body.text_pair is not None else None)
+    if problem:
+        raise HTTPException(status_code=422, detail=problem.replace("[0]", ""))
+    try:
+        record = await run_in_threadpool(explain_one, model.model, model.tokenizer, body.text, body.text_pair,
+                                         model.label_names, model.max_length)
+    except Exception as exc:  # noqa: BLE001 - reported without its message, which may quote the input
+        log.error("explanation failed: %s", type(exc).__name__)
+        raise HTTPException(status_code=500, detail="explanation failed") from None
+    return Explanation(version=model.version, predicted_label=record["predicted_label"],
+                       probabilities=record["probabilities"], method=record["method"], words=record["words"],
+                       truncated=record["truncated"])
 
 
 @router.post("/feedback", dependencies=[Depends(authorize)],
@@ -171,8 +218,9 @@ async def predict(body: PredictRequest, request: Request) -> PredictResponse:
     answered = [REFER_LABEL if referred[i] else labels[int(decided[i])] for i in range(len(probs))]
     monitor = getattr(state, "monitor", None)
     if monitor is not None:
-        lengths = [len(t) + (len(pairs[i]) if pairs is not None else 0) for i, t in enumerate(texts)]
-        monitor.observe(model, probs, answered, lengths, sizes)
+        profile = await run_in_threadpool(input_profile, model.tokenizer, texts, pairs, model.max_length)
+        monitor.observe(model, probs, answered, profile["input_chars"].tolist(), sizes,
+                        tokens=profile["input_tokens"].tolist(), unknown=profile["input_unknown"].tolist())
     recent, ids = getattr(state, "recent", None), [None] * len(probs)
     if recent is not None:
         at, deidentify = now_iso(), state.deidentify(model)

@@ -35,13 +35,27 @@ class PredictResponse(BaseModel):
 
 
 class Drift(BaseModel):
-    # Population stability index of the served window vs the test split; null until `window`
-    # reaches the minimum (100) or where the model folder has no test predictions.
+    # The served window vs the test split (serving/monitoring.py); null until `window` reaches the
+    # minimum (100) or where the model folder has no test predictions (or, for the input statistics,
+    # was promoted before their reference was saved). `alerts` names the signals over their threshold.
     class_mix_psi: Optional[float] = None
     confidence_psi: Optional[float] = None
+    input_length_ks: Optional[float] = None  # the two-sample KS p-value of character lengths
+    input_length_ks_statistic: Optional[float] = None
+    unknown_token_rate: Optional[float] = None
+    unknown_token_rate_reference: Optional[float] = None
     window: int
     alerts: list[str]
     reference: Optional[str] = None
+
+
+class FeedbackAccuracy(BaseModel):
+    # The served version on the cases POST /feedback labelled (answers `refer` left out), with its
+    # Wilson 95% interval, beside its test accuracy at promotion.
+    labelled: int
+    accuracy: Optional[float] = None
+    accuracy_ci95: Optional[list[float]] = None
+    test_accuracy: Optional[float] = None
 
 
 class Health(BaseModel):
@@ -49,6 +63,29 @@ class Health(BaseModel):
     version: Optional[str]
     labels: list[str]
     drift: Optional[Drift] = None
+    feedback: Optional[FeedbackAccuracy] = None
+
+
+class ExplainRequest(BaseModel):
+    text: str = Field(min_length=1)
+    text_pair: Optional[str] = None
+
+
+class Word(BaseModel):
+    segment: int  # 0: the text, 1: the pair
+    start: int  # character span in that segment
+    end: int
+    word: str
+    score: float  # how much p(predicted) drops without the word (occlusion)
+
+
+class Explanation(BaseModel):
+    version: Optional[str]
+    predicted_label: str
+    probabilities: dict[str, float]
+    method: str
+    words: list[Word]
+    truncated: bool
 
 
 class FeedbackRequest(BaseModel):

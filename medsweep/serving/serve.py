@@ -4,6 +4,8 @@
         [max_request_bytes=1000000] [max_batch=64] [allow_no_auth=false] [batch_texts=64] [batch_wait_ms=0]
         [refer_when=set_size>1] [feedback_db=<runs/<run>/feedback.sqlite>]
 
+GET / (no token): the page a clinician uses (serving/page.py): enter the token once, paste a note,
+see the label, probability bars, prediction set and the words that drove it, mark it right or wrong.
 GET /health (no token): {"status": "ok", "version", "labels"} of the model being served.
 POST /predict with `Authorization: Bearer <token>` and {"texts": [...], "text_pairs": [...]?}:
 {"version", "labels", "predictions": [{"label", "probabilities": {label: p}}]}, in input order; a model
@@ -13,8 +15,11 @@ Each prediction carries a `prediction_id` (a random UUID4; the service remembers
 predictions, in memory only). POST /feedback (token) with {"prediction_id", "label", "comment"?}
 keeps the right label in the feedback database (serving/feedback.py; `python -m medsweep.feedback`
 exports and summarises it): 404 for a prediction it does not remember, 422 for a label the model
-does not have. GET /metrics (token): Prometheus metrics (serving/monitoring.py); /health adds
-"drift", the PSI of the served predictions' class mix and confidence against the test split.
+does not have. POST /explain (token) with {"text", "text_pair"?}: the words that drove the prediction
+(occlusion, serving/explain.py). GET /metrics (token): Prometheus metrics (serving/monitoring.py);
+/health adds "drift" (the PSI of the served predictions' class mix and confidence, a KS test of input
+lengths and the unknown-token rate against the test split; "alerts" names the signals that crossed)
+and "feedback" (the accuracy on feedback-labelled cases with its Wilson CI, beside the test accuracy).
 POST /reload (token) or SIGHUP: load `model=` again (a `promoted` link is resolved anew) and swap it
 in once loaded; requests in flight finish on the old model; a folder that cannot be loaded is 409
 and the old model keeps serving. GET /openapi.json needs the token too.
@@ -174,6 +179,7 @@ def create_app(promoted, token: Optional[str], max_request_bytes: int = 1_000_00
     from medsweep.serving.feedback import FeedbackStore, RecentPredictions, default_db, trained_deidentified
     from medsweep.serving.monitoring import MeasureRequests, Monitor
     from medsweep.serving.inference import check_refer_rule, refer_rule
+    from medsweep.serving.page import router as page_router
     from medsweep.serving.routes import invalid_request, router
 
     refer = refer_rule(refer_when)
@@ -204,6 +210,7 @@ def create_app(promoted, token: Optional[str], max_request_bytes: int = 1_000_00
     app.add_middleware(MeasureRequests, monitor=monitor)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.include_router(router)
+    app.include_router(page_router)  # the page at / (static files, no token; its API calls carry one)
     # A refused body is answered before the app (and its MeasureRequests) sees it: counted here.
     return RequestSizeLimit(app, max_request_bytes, on_reject=lambda path: monitor.request(path, 413, 0.0))
 
