@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 PROBE = """
 import json, sys
 import medsweep.serve, medsweep.predict, medsweep.explain, medsweep.feedback
-from medsweep.serving import explain, feedback, inference, monitoring, predict, routes, serve
+from medsweep.serving import explain, feedback, inference, monitoring, page, predict, routes, serve
 import medsweep.data.deid  # what feedback masks text with
 loaded = [m for m in sys.modules if m == "ray" or m.startswith(("ray.", "medsweep.training", "medsweep.search"))
           or m in ("transformers.trainer", "optuna", "hydra")]

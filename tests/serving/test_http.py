@@ -201,14 +201,14 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(checkpoints,
         predict = schema["/predict"]["POST"]
         fuzz(predict.as_strategy(GenerationMode.POSITIVE), 50, 4)
         fuzz(predict.as_strategy(GenerationMode.NEGATIVE), 50, 4)
-        for path, method in [("/reload", "POST"), ("/health", "GET")]:
+        for path, method in [("/reload", "POST"), ("/health", "GET"), ("/explain", "POST")]:
             operation = schema[path][method]
             fuzz(st.one_of(operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE)),
                  6, 1)
     statuses = {status for _, _, status in seen}
     assert len(seen) >= 10, seen
     assert not [s for s in statuses if s >= 500], seen
-    assert {"/predict", "/reload", "/health"} <= {path for _, path, _ in seen}
+    assert {"/predict", "/reload", "/health", "/explain"} <= {path for _, path, _ in seen}
     assert 200 in statuses and 422 in statuses  # valid and invalid bodies were both sent
 
 
