@@ -75,6 +75,8 @@ def check(plan) -> None:
     path = plan.config["promote"].get("gate")
     if not path:
         return
+    if not plan.config["promote"]["enabled"]:
+        raise ConfigError("promote.gate decides whether the new model is promoted: it needs promote.enabled=true")
     splits = plan.splits
     test_metric(plan.config, len(splits.label_names))
     earlier = earlier_model(path)

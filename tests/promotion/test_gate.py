@@ -109,6 +109,8 @@ def test_a_gate_without_a_promoted_model_or_of_another_task_is_refused_before_an
         gate.check(plan_for(tmp_path / "a", tmp_path / "empty"))
     with pytest.raises(ConfigError, match=r"its model has the labels \['neoplasms'.*this task \['maybe', 'no', 'yes'\]"):
         gate.check(plan_for(tmp_path / "b", earlier_run, ["data=pubmedqa"]))
+    with pytest.raises(ConfigError, match="needs promote.enabled=true"):
+        gate.check(plan_for(tmp_path / "d", earlier_run, ["promote.enabled=false"]))
     with pytest.raises(ConfigError, match="no test counterpart"):
         gate.check(plan_for(tmp_path / "c", earlier_run, ["sweep.metric=val_loss", "sweep.mode=min"]))
 
