@@ -83,6 +83,10 @@ class DataConfig:
     # Tokenized splits are kept under <run dir>/cache/tokens, keyed by the tokenizer, max_length, the
     # columns and the rows themselves, and shared by every trial and seed re-run (medsweep/data/cache.py).
     cache: bool = True
+    # Clinicians' feedback (the service's feedback.sqlite, or its CSV export) added to the TRAINING split
+    # only, deduplicated against every split (medsweep/data/feedback_rows.py): validation and test stay
+    # the rows the earlier model was chosen and scored on, so promote.gate can compare the two fairly.
+    feedback: Optional[str] = None
 
 
 @dataclass
@@ -234,6 +238,10 @@ class PromoteConfig:
     # when they beat argmax beyond their noise on held-out rows. Two-class screening: a sensitivity the
     # positive class must keep on the validation rows (e.g. 0.95), whatever specificity it costs.
     target_sensitivity: Optional[float] = None
+    # A retrain must prove itself: an earlier run dir whose promoted model the new one is compared with
+    # (paired bootstrap on the same test split, the sweep's primary metric; promotion/gate.py) before it
+    # is promoted. Significantly worse: nothing is promoted, the earlier model keeps serving.
+    gate: Optional[str] = None
 
 
 @dataclass

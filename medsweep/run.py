@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from medsweep.config import ConfigError, MedsweepConfig
+from medsweep.promotion.gate import EXIT_CODE, Blocked
 from medsweep.promotion.ranking import NoUsableTrial
 from medsweep.rundir import RunDir, atomic_write
 from medsweep.search import driver
@@ -56,7 +57,7 @@ def execute(config: dict, on_checked: Optional[Callable[[], None]] = None) -> di
     signal at any phase ends in driver.Interrupted (resumable by the same command).
     """
     from medsweep import data
-    from medsweep.promotion import ranking, stage
+    from medsweep.promotion import gate, ranking, stage
     from medsweep.reporting import tracking
     from medsweep.search import edges, sweep
 
@@ -64,6 +65,7 @@ def execute(config: dict, on_checked: Optional[Callable[[], None]] = None) -> di
     stop = driver.Stop()
     try:
         plan = sweep.preflight(config)
+        gate.check(plan)  # promote.gate names a promoted model of this task on the same test split
         tracking.check(config)
         if on_checked is not None:
             on_checked()
@@ -88,7 +90,12 @@ def execute(config: dict, on_checked: Optional[Callable[[], None]] = None) -> di
             publish(plan, plan.run_dir.root)
             return {}
         stop.phase = "promotion"
-        report = stage.promote(plan, results)
+        try:
+            report = stage.promote(plan, results)
+        except gate.Blocked:
+            stop.phase = "report"
+            publish(plan, plan.run_dir.root)  # the sweep's report still shows what was tried
+            raise
         print_promoted(report, plan.run_dir.promoted, len(results), time.time() - started)
         stop.phase = "report"
         edges.print_hints(report.get("range_hints") or [])
@@ -150,6 +157,11 @@ def main(cfg: DictConfig) -> None:
             raise
         print(f"medsweep: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except Blocked as exc:
+        # promote.gate refused the candidate: a verdict, not a crash. One line, its own exit code (3),
+        # so a scheduled retrain can tell "kept the old model" from a failure.
+        print(f"medsweep: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CODE)
     except NoUsableTrial as exc:
         # Every trial failed: the reasons are in leaderboard.csv; the previous promoted model is untouched.
         if SHOW_TRACEBACK:

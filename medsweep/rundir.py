@@ -47,6 +47,7 @@ VERSIONS = "promoted-versions"
 HISTORY = "history.jsonl"
 TOKEN_CACHE = Path("cache") / "tokens"
 FEEDBACK_DB = "feedback.sqlite"  # what clinicians said of served predictions (medsweep/feedback.py)
+GATE_FILE = "gate.json"  # promote.gate's verdict on this run's candidate (promotion/gate.py)
 
 # Ray Tune experiments of a run, in the order they run.
 SWEEP_EXPERIMENT = "sweep"
@@ -174,6 +175,10 @@ class RunDir:
     @property
     def history(self) -> Path:
         return self.root / VERSIONS / HISTORY
+
+    @property
+    def gate(self) -> Path:
+        return self.root / GATE_FILE
 
     # --- what the service writes (serving/feedback.py) -------------------------------------------
     @property

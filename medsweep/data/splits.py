@@ -16,6 +16,7 @@ from sklearn.model_selection import train_test_split
 
 from medsweep.config import ConfigError
 from medsweep.data.deid import deidentify_frame
+from medsweep.data.feedback_rows import add_feedback
 from medsweep.data.formats import read_hf, read_table, resolve_path
 
 SPLITS = ("train", "validation", "test")
@@ -330,6 +331,7 @@ def load_splits(cfg: dict) -> DataSplits:
     train, validation, test = split(frame, cfg, label_names, notes)
     unsampled_train = train
     train = subsample(train, cfg["max_train_samples"], cfg["seed"], notes, "data.max_train_samples", label_names)
+    train, unsampled_train = add_feedback(cfg, label_names, train, unsampled_train, [validation, test], summary, notes)
     validation = subsample(validation, cfg["max_eval_samples"], cfg["seed"], notes, "data.max_eval_samples", label_names)
     parts = dict(zip(SPLITS, (train, validation, test)))
     check_disjoint(parts)

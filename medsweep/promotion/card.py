@@ -147,6 +147,29 @@ def data_section(report: dict) -> list[str]:
     return lines
 
 
+def retraining_section(report: dict) -> list[str]:
+    """Clinicians' feedback rows that trained the model (data.feedback) and the promotion gate's verdict."""
+    feedback = (report.get("data_summary") or {}).get("feedback")
+    verdict = report.get("gate")
+    if not feedback and not verdict:
+        return []
+    lines = ["## Retraining", ""]
+    if feedback:
+        lines.append(f"- Feedback rows: {feedback['added_to_train']} clinician-labelled row(s) from "
+                     f"`{feedback['source']}` trained this model (training split only); "
+                     f"{feedback['duplicates_of_splits_dropped']} dropped as already in a split, "
+                     f"{feedback['repeats_dropped']} as repeats")
+    if verdict:
+        low, high = verdict["ci"]
+        lines.append(f"- Promotion gate: compared with `{verdict['against']}` ({verdict['against_version']}) on the same "
+                     f"{verdict['test_rows']} test rows, {verdict['metric']} {number(verdict['candidate'])} vs "
+                     f"{number(verdict['earlier'])} (difference {verdict['difference']:+.4f}, "
+                     f"{verdict['confidence']:.0%} paired bootstrap CI [{low:+.4f}, {high:+.4f}], alpha "
+                     f"{verdict['alpha']:g}; McNemar p = {verdict['mcnemar_accuracy_p_value']:.3g}): not significantly "
+                     "worse, promoted")
+    return lines + [""]
+
+
 def selection_section(report: dict) -> list[str]:
     sweep = report["config"]["sweep"]
     metric = report["metric"]
@@ -331,7 +354,7 @@ def limitations_section(report: dict) -> list[str]:
 
 def render(report: dict) -> str:
     lines = [front_matter(report), *introduction(report), *model_section(report), *data_section(report),
-             *selection_section(report), *range_section(report), *evaluation_section(report)]
+             *retraining_section(report), *selection_section(report), *range_section(report), *evaluation_section(report)]
     if report.get("subgroups"):
         lines += subgroup_section(report["subgroups"])
     lines += calibration_section(report)

@@ -201,14 +201,16 @@ def write_model_card(folder: Path, report: dict) -> Path:
 
 
 def promote_checkpoint(checkpoint_dir: str | Path, run_dir: str | Path, provenance: dict | None = None,
-                       trust_remote_code: bool = False, splits=None) -> Path:
+                       trust_remote_code: bool = False, splits=None, gate=None) -> Path:
     """Write the checkpoint as a loadable model with its evaluation and card; swap it in as `promoted`.
 
     `provenance` (from promotion.selection.Selection.provenance) says how the model was chosen; it is
     merged into metrics.json. `trust_remote_code` is the user's model.trust_remote_code, never the
     checkpoint's. `splits`: the driver's (the test split is read from them). A checkpoint whose
     weights do not match the sha256 in its trial.json is refused (ConfigError) before anything is
-    written: the previous promoted model stays.
+    written: the previous promoted model stays. `gate(labels, probs, report)` (promotion/gate.py) sees
+    the scored candidate before anything is published: its verdict goes into metrics.json, or it
+    raises and the staged version is discarded (the link, the history and the old versions untouched).
     """
     checkpoint_dir, run_dir = Path(checkpoint_dir), Path(run_dir)
     quiet_libraries()
@@ -242,6 +244,12 @@ def promote_checkpoint(checkpoint_dir: str | Path, run_dir: str | Path, provenan
                   **calibration_report(fitted, labels, logits, info["label_names"], config),
                   "decision_rule": {**rule, "test": decision.test_effect(calibration.softmax(logits), labels,
                                                                          rule.get("offsets"))}}
+        if gate is not None:
+            try:
+                report["gate"] = gate(labels, probs, report)
+            except BaseException:
+                version.discard()
+                raise
         layout.write_record(version.folder, report, info["config"], labels, probs, info["label_names"],
                             inputs=test_inputs(tokenizer, config, splits))
         write_model_card(version.folder, report)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from medsweep.config import ConfigError
 from medsweep.plan import Plan
-from medsweep.promotion import release, selection
+from medsweep.promotion import gate, release, selection
 from medsweep.promotion.ranking import Candidate, NoUsableTrial, Run
 from medsweep.release import layout
 from medsweep.search.sweep import tune_trial
@@ -65,6 +65,9 @@ def release_chosen(plan: Plan, chosen: selection.Selection) -> dict:
     """Release the chosen run's checkpoint, or the next readable one (see the module docstring);
     returns the promoted folder's metrics.json."""
     config = plan.config
+    # promote.gate: the candidate must not be significantly worse than the earlier promoted model; checked
+    # once its test split is scored, before the link is swapped (a block raises gate.Blocked, not a fallback).
+    check = gate.for_plan(plan)
     for candidate, run in fallbacks(chosen, plan.primary):
         problem = readable(run)
         if problem is not None:
@@ -75,6 +78,6 @@ def release_chosen(plan: Plan, chosen: selection.Selection) -> dict:
         with run.checkpoint.as_directory() as checkpoint_dir:
             promoted = release.promote_checkpoint(checkpoint_dir, plan.run_dir.root, picked.provenance(config),
                                                   trust_remote_code=config["model"]["trust_remote_code"],
-                                                  splits=plan.splits)
+                                                  splits=plan.splits, gate=check)
         return layout.read_metrics(promoted)
     raise NoUsableTrial("no trial's checkpoint could be read for promotion (see the lines above)")

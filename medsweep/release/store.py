@@ -97,6 +97,10 @@ class Version:
         shutil.rmtree(self.folder, ignore_errors=True)
         self.previous = current_version(run_dir)
 
+    def discard(self) -> None:
+        """Drop the staged folder unpublished (promote.gate refused it): the link and history stay as they were."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
     def publish(self, entry: dict) -> Path:
         os.replace(self.folder, self.target)
         link = swap_link(self.run_dir, self.target)
