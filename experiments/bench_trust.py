@@ -29,7 +29,7 @@ Reported on the test split, per data set and fit (median over seeds, [min, max])
 - empirical coverage of the conformal sets at 0.90 and 0.95, its Clopper-Pearson 95% CI and whether
   the nominal level lies inside it, and the mean set size.
 
-    flock /tmp/medsweep-bench.lock python experiments/bench_trust.py --quick   # ~2-3 min
+    flock /tmp/medsweep-bench.lock python experiments/bench_trust.py --quick   # ~30 s idle, ~3 min under load
     flock /tmp/medsweep-bench.lock python experiments/bench_trust.py           # 11 min on 2 shared cores (26 min under heavy load)
     python experiments/bench_trust.py --seeds 0 1 2 3 4 --train-rows 1000 --epochs 3 --max-length 256
 
