@@ -10,6 +10,7 @@ from tests.conftest import ROOT, TINY
 
 sys.path.insert(0, str(ROOT / "experiments"))
 import bench_gpu  # noqa: E402
+import bench_trust  # noqa: E402,F401
 import benchmark_trial  # noqa: E402
 
 
@@ -57,3 +58,31 @@ def test_sweep_samples_counts_every_trials_training(monkeypatch):
     samples, seconds, trials = bench_gpu.sweep_samples(overrides)
     # 48 rows at batch 16: 3 optimizer steps x 16 samples in each of the 2 trials.
     assert (samples, trials) == (2 * 48, 2) and seconds > 0
+
+
+def test_bench_trust_scores_what_promotion_would_publish_on_synthetic_scores(tmp_path):
+    """bench_trust's fitting and scoring (its training is MiniLM on real data: minutes, run by hand):
+    over-confident logits are calibrated, and both fits report coverage near nominal."""
+    import numpy as np
+    import pandas as pd
+
+
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        labels = rng.integers(0, 3, n)
+        logits = rng.normal(size=(n, 3)) + 1.5 * np.eye(3)[labels]
+        return logits * 4.0, labels  # 4x over-confident
+
+    scores = {"validation": split(600), "calibration": split(600), "test": split(3000)}
+    row = bench_trust.fit_and_score(scores, "calibration", ["a", "b", "c"], fit_seed=1, share=0.8)
+    assert row["rows"] == 480 and 2.0 < row["temperature"] < 6.0  # over-confident: T well above 1
+    assert row["ece_after"] < 0.5 * row["ece_before"] and row["ece_ratio"] < 0.5
+    for level in bench_trust.LEVELS:
+        assert abs(row[f"coverage_{level:.2f}"] - level) < 0.03 and row[f"set_size_{level:.2f}"] >= 1.0
+    low, high = row["f1_gain_ci"]
+    assert low <= row["f1_gain"] <= high
+    overrides = bench_trust.imbalanced_medical_abstracts(tmp_path, seed=0)
+    written = pd.read_csv(overrides[1].split("=", 1)[1])
+    counts = written["condition_label"].value_counts().to_list()
+    assert counts[0] == 961 and counts[-1] < 0.1 * counts[0]

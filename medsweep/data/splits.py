@@ -44,6 +44,14 @@ class DataSplits:
     # The training split before data.max_train_samples (None: not capped), kept so that a refit on all
     # training rows needs no second read of the data (promotion/reruns.py).
     unsampled_train: pd.DataFrame | None = None
+    # data.calibration_fraction: training rows carved out before anything trains (None: not asked).
+    # No trial sees them; promotion fits the temperature, decision rule and conformal threshold on them.
+    calibration: pd.DataFrame | None = None
+
+    @property
+    def held_out_for_calibration(self) -> tuple[str, pd.DataFrame]:
+        """(name, rows) that promotion calibrates on: the calibration split, else the validation split."""
+        return ("calibration", self.calibration) if self.calibration is not None else ("validation", self.validation)
 
     @property
     def all_train(self) -> pd.DataFrame:
@@ -64,7 +72,7 @@ class DataSplits:
         summary.pop("notes", None)
         if notes:
             summary["notes"] = notes
-        return DataSplits(train, self.validation, self.test, self.label_names, summary)
+        return DataSplits(train, self.validation, self.test, self.label_names, summary, calibration=self.calibration)
 
     def split(self, name: str) -> pd.DataFrame:
         return {"train": self.train, "validation": self.validation, "test": self.test}[name]
@@ -306,8 +314,9 @@ def subsample(frame: pd.DataFrame, limit: int | None, seed: int, notes: list | N
 def check_disjoint(parts: dict[str, pd.DataFrame]) -> None:
     """No example (text, or text + pair) in two splits. Cleaning guarantees it; this proves it."""
     keys = {name: set(map(tuple, part[text_key(part)].itertuples(index=False))) for name, part in parts.items()}
-    for i, a in enumerate(SPLITS):
-        for b in SPLITS[i + 1:]:
+    names = list(keys)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
             if shared := keys[a] & keys[b]:
                 raise RuntimeError(f"{len(shared)} example(s) occur in both the {a} and the {b} split")
 
@@ -329,11 +338,18 @@ def load_splits(cfg: dict) -> DataSplits:
     frame, label_names = encode_labels(frame, cfg)
     notes: list[str] = []  # what the splitting and subsampling did about rare classes, printed with the summary
     train, validation, test = split(frame, cfg, label_names, notes)
+    calibration = None
+    if cfg.get("calibration_fraction"):
+        # Before the subsample, so neither a search nor a refit on all training rows ever trains on them.
+        check_splittable(train, label_names, 2)
+        train, calibration = carve(train, cfg["calibration_fraction"], cfg["seed"], notes, "calibration")
     unsampled_train = train
     train = subsample(train, cfg["max_train_samples"], cfg["seed"], notes, "data.max_train_samples", label_names)
     train, unsampled_train = add_feedback(cfg, label_names, train, unsampled_train, [validation, test], summary, notes)
     validation = subsample(validation, cfg["max_eval_samples"], cfg["seed"], notes, "data.max_eval_samples", label_names)
     parts = dict(zip(SPLITS, (train, validation, test)))
+    if calibration is not None:
+        parts["calibration"] = calibration
     check_disjoint(parts)
     summary["split_source"] = split_source
     summary["split_sizes"] = {name: len(part) for name, part in parts.items()}
@@ -344,8 +360,10 @@ def load_splits(cfg: dict) -> DataSplits:
     if notes:
         summary["notes"] = notes
     splits = DataSplits(train, validation, test, label_names, summary,
-                        unsampled_train if len(unsampled_train) != len(train) else None)
+                        unsampled_train if len(unsampled_train) != len(train) else None, calibration)
     summary["fingerprints"] = splits.fingerprints
+    if calibration is not None:
+        summary["fingerprints"]["calibration"] = fingerprint(calibration)
     return splits
 
 
@@ -359,9 +377,10 @@ def describe(summary: dict) -> str:
         f"data: {summary['rows_read']} rows read; dropped {summary['empty_texts_dropped']} empty, "
         f"{summary['conflicting_texts_dropped']} texts with conflicting labels ({summary['conflicting_rows_dropped']} rows), "
         f"{duplicates}; train/val/test = {sizes['train']}/{sizes['validation']}/{sizes['test']} "
-        f"(split: {summary['split_source']})",
+        + (f"+ {sizes['calibration']} calibration " if "calibration" in sizes else "")
+        + f"(split: {summary['split_source']})",
     ]
-    for name in SPLITS:
+    for name in [*SPLITS, *(["calibration"] if "calibration" in sizes else [])]:
         counts = ", ".join(f"{label} {n}" for label, n in summary["class_counts"][name].items())
         lines.append(f"  {name:<10} {counts}   fingerprint {summary['fingerprints'][name]}")
     lines += [f"  note: {note}" for note in summary.get("notes", [])]

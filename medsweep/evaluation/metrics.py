@@ -126,6 +126,32 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, n_bins: in
     return float(np.abs(bins["correct"] - bins["confidence"]).sum() / len(labels))
 
 
+# The referred shares a risk-coverage curve is read at (the card's table; the plot draws every row).
+RISK_SHARES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
+CURVE_POINTS = 201
+
+
+def risk_coverage(labels: np.ndarray, probs: np.ndarray, predicted: np.ndarray | None = None,
+                  shares=RISK_SHARES) -> dict:
+    """Selective classification: the rows ordered by confidence (the top probability, most confident
+    first; ties keep row order), the least confident `share` referred to a clinician and the rest kept.
+    For each share, the accuracy of the kept rows' labels (`predicted`, default the argmax; the
+    served label when a decision rule moves it). `curve` holds every cut (k rows referred, k = 0..n-1)
+    for a plot (at most CURVE_POINTS of them, evenly spaced); `at` the named shares (floor(share * n) rows referred)."""
+    labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
+    predicted = probs.argmax(axis=1) if predicted is None else np.asarray(predicted)
+    order = np.argsort(-probs.max(axis=1), kind="stable")
+    correct = (predicted[order] == labels[order]).astype(np.float64)
+    n = len(labels)
+    kept = np.arange(n, 0, -1)  # rows kept when 0..n-1 of the least confident are referred
+    accuracy = np.cumsum(correct)[::-1] / kept
+    at = [{"referred_share": float(share), "kept_rows": int(n - math.floor(share * n + 1e-9)),
+           "accuracy_kept": float(accuracy[math.floor(share * n + 1e-9)])} for share in shares if share < 1.0]
+    cuts = np.unique(np.linspace(0, n - 1, min(n, CURVE_POINTS)).astype(int))  # metrics.json stays small
+    return {"rows": n, "ordered_by": "top-class probability", "at": at,
+            "curve": {"referred_share": (cuts / n).round(6).tolist(), "accuracy_kept": accuracy[cuts].round(6).tolist()}}
+
+
 def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     """All reported metrics (flat, numeric) for integer labels and an (n, num_classes) probability matrix."""
     labels = np.asarray(labels)

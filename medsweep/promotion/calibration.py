@@ -1,9 +1,10 @@
 """Probabilities a clinician can act on (issue 27): temperature scaling and split-conformal sets.
 
-- Temperature scaling (Guo et al., 2017): one T > 0 fitted on the validation split by minimising
-  the negative log-likelihood of softmax(logits / T); promotion bakes it into the classifier's last
-  linear layer (weight and bias divided by T), so every loader of the merged folder
-  (`transformers.pipeline`, medsweep.predict, medsweep.serve) returns calibrated probabilities.
+- Temperature scaling (Guo et al., 2017): one T > 0 fitted on held-out rows (the validation split, or
+  the calibration split of data.calibration_fraction) by minimising the negative log-likelihood of
+  softmax(logits / T); promotion bakes it into the classifier's last linear layer (weight and bias
+  divided by T; in the adapter layout, the adapter's own copy of the head), so every loader
+  (`transformers.pipeline`, medsweep.predict, medsweep.serve, PEFT) returns calibrated probabilities.
   T changes no argmax.
 - Split-conformal prediction sets, LAC score (Sadinle, Lei & Wasserman, 2019): the nonconformity of
   a labelled row is 1 - p(true label); the threshold q is the ceil((n+1)(1-alpha))-th smallest of
@@ -62,7 +63,8 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
     logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels)
     if len(labels) == 0:
-        raise ConfigError("promote.calibrate: the validation split is empty, no temperature can be fitted")
+        raise ConfigError("promote.calibrate: the held-out split (validation, or calibration with "
+                          "data.calibration_fraction) is empty, no temperature can be fitted")
     rows = np.arange(len(labels))
 
     def loss(log_t: float) -> float:
@@ -73,7 +75,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     low, high = TEMPERATURE_RANGE
     if not (low <= temperature <= high) or not math.isfinite(temperature):
         raise ConfigError(f"the fitted temperature {temperature:.4g} is outside [{low}, {high}] "
-                          f"(logits far over- or under-confident or carrying no information, or a degenerate validation split)")
+                          f"(logits far over- or under-confident or carrying no information, or a degenerate held-out split)")
     return temperature
 
 
@@ -84,7 +86,8 @@ def lac_threshold(probs: np.ndarray, labels: np.ndarray, coverage: float) -> flo
     scores = 1.0 - np.asarray(probs, dtype=np.float64)[np.arange(len(labels)), np.asarray(labels)]
     n = len(scores)
     if n == 0:
-        raise ConfigError("promote.coverage: the validation split is empty, no conformal threshold can be fitted")
+        raise ConfigError("promote.coverage: the held-out split (validation, or calibration with "
+                          "data.calibration_fraction) is empty, no conformal threshold can be fitted")
     rank = math.ceil((n + 1) * coverage - 1e-12)  # the tolerance keeps e.g. 101 * 0.9 = 90.9 from rounding up wrongly
     if rank > n:
         return 1.0

@@ -257,9 +257,10 @@ def calibration_section(report: dict) -> list[str]:
     if not section:
         return []
     lines = ["## Calibration and prediction sets", ""]
+    fitted_on = section.get("fitted_on", "validation")
     if section["applied"]:
         lines += [f"The probabilities are temperature-scaled: one temperature T = {section['temperature']:.4f}, fitted on "
-                  f"the {section['rows']} validation rows by minimising the negative log-likelihood, is baked into the "
+                  f"the {section['rows']} {fitted_on} rows by minimising the negative log-likelihood, is baked into the "
                   "classifier layer of the weights, so every loader (`transformers.pipeline`, `medsweep.predict`, "
                   "`medsweep.serve`) returns the calibrated probabilities. T changes no predicted label.", ""]
         before, after = section["test"]["before"], section["test"]["after"]
@@ -276,20 +277,47 @@ def calibration_section(report: dict) -> list[str]:
         ci = test["coverage_ci"]
         lines += [f"Prediction sets (split-conformal, LAC score) at a target coverage of {conformal['coverage']:.0%}: "
                   f"a label is in the set when 1 - p(label) <= {conformal['threshold']:.4f} (the threshold fitted on "
-                  f"the {conformal['calibration_rows']} validation rows, stored in `decision.json`). On data exchangeable "
-                  "with the validation split a set holds the true label at least that often; the validation split also "
-                  "chose the checkpoint and the temperature, so the test coverage below is the honest check.", "",
+                  f"the {conformal['calibration_rows']} {fitted_on} rows, stored in `decision.json`). On data exchangeable "
+                  f"with the {fitted_on} split a set holds the true label at least that often; "
+                  + ("the validation split also chose the checkpoint and the temperature, so the test coverage below is "
+                     "the honest check." if fitted_on == "validation" else
+                     "those rows (data.calibration_fraction, carved from the training rows) were neither trained on nor "
+                     "used to choose the model; the test coverage below checks it."), "",
                   f"Test coverage: {number(test['coverage'])} (95% Clopper-Pearson CI {interval(ci['interval'])}, "
                   f"{test['rows']} rows); mean set size {number(test['mean_set_size'])}; sets with one label "
                   f"{test['set_size_share']['one']:.0%}, more than one {test['set_size_share']['more']:.0%}, "
                   f"none {test['set_size_share']['empty']:.0%}.", ""]
-        lines += table(["true label", "test rows", "coverage", "mean set size"],
-                       [[name, c["rows"], number(c["coverage"]), number(c["mean_set_size"])]
+        levels = conformal.get("levels") or [{"coverage": conformal["coverage"], "threshold": conformal["threshold"],
+                                              "test": test}]
+        lines += [f"Test coverage at each target level (each threshold fitted on the same {fitted_on} rows; "
+                  f"`decision.json` serves the promote.coverage level, {conformal['coverage']:.0%}):", ""]
+        lines += table(["target coverage", "threshold", "test coverage", "95% CI", "target inside CI", "mean set size"],
+                       [[f"{level['coverage']:.0%}", f"{level['threshold']:.4f}", number(level["test"]["coverage"]),
+                         interval(level["test"]["coverage_ci"]["interval"]),
+                         "yes" if level["test"]["coverage_ci"]["interval"][0] <= level["coverage"]
+                         <= level["test"]["coverage_ci"]["interval"][1] else "no",
+                         number(level["test"]["mean_set_size"])] for level in levels]) + [""]
+        lines += table(["true label", "test rows", *[f"coverage at {level['coverage']:.0%}" for level in levels],
+                        *[f"mean set size at {level['coverage']:.0%}" for level in levels]],
+                       [[name, c["rows"], *[number(level["test"]["per_class"][name]["coverage"]) for level in levels],
+                         *[number(level["test"]["per_class"][name]["mean_set_size"]) for level in levels]]
                         for name, c in test["per_class"].items()]) + [""]
         lines += ["`medsweep.predict` writes each row's set (`prediction_set`), `medsweep.serve` returns it "
                   "(`prediction_set`, `set_size`); `refer_when=set_size>1` turns an uncertain label into `refer` "
                   "(`set_size!=1` refers empty sets too: no label is plausible enough).", ""]
-    return lines + decision_lines(report.get("decision_rule"))
+    return lines + risk_coverage_lines(report.get("risk_coverage")) + decision_lines(report.get("decision_rule"))
+
+
+def risk_coverage_lines(curve: dict | None) -> list[str]:
+    """Accuracy of the cases the model keeps when the least confident ones are referred."""
+    if not curve:
+        return []
+    return ([f"Risk-coverage (test split, {curve['rows']} rows ordered by the top-class probability, labels from "
+             f"the {curve.get('labels', 'argmax')}): the accuracy of the cases the model keeps when the least "
+             "confident share is referred to a clinician.", ""]
+            + table(["referred", "kept rows", "accuracy of kept"],
+                    [[f"{point['referred_share']:.0%}", point["kept_rows"], number(point["accuracy_kept"])]
+                     for point in curve["at"]]) + [""])
 
 
 def decision_lines(rule: dict | None) -> list[str]:

@@ -9,9 +9,11 @@ into a version: the model, the test split's scores, metrics.json and the card.
 The test split is scored here and only here, once per promotion: test metrics, their bootstrap
 confidence intervals and the confusion matrix.
 
-Before it is scored, the staged model is calibrated on the validation split (promote.calibrate,
-promotion/calibration.py): a temperature baked into the written weights (merged layout), and the
-split-conformal threshold at promote.coverage written to decision.json (either layout). The test
+Before it is scored, the staged model is calibrated on held-out rows (promote.calibrate,
+promotion/calibration.py): the calibration split when data.calibration_fraction carved one from the
+training rows, else the validation split. A temperature is baked into the written weights (the merged
+weights, or the adapter layout's classifier head under adapter/), and the split-conformal threshold
+at promote.coverage is written to decision.json (either layout). The test
 split then reports calibration before/after (the "before" probabilities are the calibrated logits
 times T: no second pass) and the sets' empirical coverage.
 """
@@ -26,7 +28,7 @@ import numpy as np
 from medsweep import data
 from medsweep.config import ConfigError
 from medsweep.evaluation import subgroups
-from medsweep.evaluation.metrics import name_per_class, scores_with_intervals
+from medsweep.evaluation.metrics import name_per_class, risk_coverage, scores_with_intervals
 from medsweep.hf import quiet_libraries
 from medsweep.plan import primary
 from medsweep.promotion import calibration
@@ -41,6 +43,9 @@ from medsweep.training.precision import base_reference
 DEFAULT_BOOTSTRAP = {"bootstrap_resamples": 1000, "bootstrap_seed": 0}
 DEFAULT_DECISION = {"calibrate": True, "coverage": 0.9}
 CONFIDENCE = 0.95
+# The coverage levels metrics.json, the card and the report always show (beside promote.coverage,
+# the one decision.json serves), so that two models are compared at the same levels.
+REPORTED_COVERAGES = (0.9, 0.95)
 
 
 def configured_splits(config: dict, splits=None):
@@ -75,19 +80,18 @@ def test_inputs(tokenizer, config: dict, splits) -> dict:
     return input_profile(tokenizer, test["text"].tolist(), pairs, config["trainer"]["max_length"])
 
 
-def calibrate(model, tokenizer, config: dict, validation, quantized: bool) -> dict:
+def calibrate(model, tokenizer, config: dict, held_out: tuple) -> dict:
     """Fit (and bake into `model`, before it is written) the temperature, and fit the conformal
-    threshold, on the validation split. Returns what the report and decision.json need."""
+    threshold, on `held_out` = (split name, rows): DataSplits.held_out_for_calibration. Returns what
+    the report and decision.json need. `model` is merged, or a PeftModel on a 4-bit base whose
+    classifier head is the adapter's own copy (modules_to_save): T is baked into that copy."""
     settings = {**DEFAULT_DECISION, **(config.get("promote") or {})}
+    fitted_on, validation = held_out
     labels = validation["label"].to_numpy()
     logits = split_logits(model, tokenizer, config, validation)
     temperature, note = None, None
     if not settings["calibrate"]:
         note = "promote.calibrate=false: probabilities are the model's own"
-    elif quantized:
-        note = ("the adapter layout (4-bit base) is not temperature-scaled: its classifier head lives in adapter/; "
-                "probabilities are the model's own")
-        print(f"[medsweep] calibration skipped: {note}", flush=True)
     else:
         try:
             temperature = calibration.fit_temperature(logits, labels)
@@ -106,23 +110,26 @@ def calibrate(model, tokenizer, config: dict, validation, quantized: bool) -> di
                               f"({type(model).__name__}); promote.calibrate=false promotes it uncalibrated")
         logits = logits / temperature
     fitted = {"rows": int(len(labels)), "coverage": float(settings["coverage"]), "temperature": temperature,
-              "note": note}
+              "note": note, "fitted_on": fitted_on}
     probs = calibration.softmax(logits)
     fitted["threshold"] = calibration.lac_threshold(probs, labels, settings["coverage"])
+    fitted["thresholds"] = {level: calibration.lac_threshold(probs, labels, level)
+                            for level in sorted({*REPORTED_COVERAGES, float(settings["coverage"])})}
     fitted["validation"] = (probs, labels)  # calibrated: what the decision rule is fitted on
     return fitted
 
 
 def calibration_report(fitted: dict, labels: np.ndarray, logits: np.ndarray, label_names: list[str],
-                       config: dict) -> dict:
-    """metrics.json's `calibration` and `conformal` sections, from the test split's (calibrated) logits."""
+                       config: dict, offsets: list[float] | None = None) -> dict:
+    """metrics.json's `calibration`, `conformal` and `risk_coverage` sections, from the test split's
+    (calibrated) logits; `offsets`: the decision rule's, when applied (the labels the curve scores)."""
     bootstrap = {**DEFAULT_BOOTSTRAP, **(config.get("promote") or {})}
     scores = lambda probs: calibration.probability_scores(labels, probs, bootstrap["bootstrap_resamples"],  # noqa: E731
                                                           bootstrap["bootstrap_seed"], CONFIDENCE)
     probs = calibration.softmax(logits)
     temperature = fitted["temperature"]
-    section = {"applied": temperature is not None, "method": "temperature scaling (validation NLL)",
-               "temperature": temperature, "fitted_on": "validation", "rows": fitted["rows"]}
+    section = {"applied": temperature is not None, "method": f"temperature scaling ({fitted['fitted_on']} NLL)",
+               "temperature": temperature, "fitted_on": fitted["fitted_on"], "rows": fitted["rows"]}
     if fitted.get("note"):
         section["note"] = fitted["note"]
     if temperature is None:
@@ -130,15 +137,23 @@ def calibration_report(fitted: dict, labels: np.ndarray, logits: np.ndarray, lab
     else:
         section["test"] = {"before": scores(calibration.softmax(logits * temperature)), "after": scores(probs)}
     conformal = {"method": "lac", "coverage": fitted["coverage"], "threshold": fitted["threshold"],
-                 "calibration_rows": fitted["rows"], "fitted_on": "validation",
-                 "test": calibration.conformal_report(labels, probs, fitted["threshold"], label_names, CONFIDENCE)}
-    return {"calibration": section, "conformal": conformal}
+                 "calibration_rows": fitted["rows"], "fitted_on": fitted["fitted_on"],
+                 "test": calibration.conformal_report(labels, probs, fitted["threshold"], label_names, CONFIDENCE),
+                 "levels": [{"coverage": level, "threshold": threshold,
+                             "test": calibration.conformal_report(labels, probs, threshold, label_names, CONFIDENCE)}
+                            for level, threshold in fitted["thresholds"].items()]}
+    served = None if offsets is None else decision.decide(np.log(np.clip(probs, 1e-12, 1.0)), offsets)
+    return {"calibration": section, "conformal": conformal,
+            "risk_coverage": {**risk_coverage(labels, probs, served),
+                              "labels": "decision rule" if offsets is not None else "argmax"}}
 
 
 def stage_model(checkpoint_dir: Path, staging: Path, info: dict, trust_remote_code: bool = False, prepare=None):
     """The checkpoint's model into the staging folder, in the layout its base allows; returns
-    (model, tokenizer) for scoring the test split. `prepare(model, tokenizer, quantized)` runs before
-    anything is written (calibration bakes its temperature there)."""
+    (model, tokenizer) for scoring the test split. `prepare(model, tokenizer)` runs before anything
+    is written (calibration bakes its temperature there) and returns whether it changed the weights:
+    in the adapter layout the adapter is then written from the model (its scaled classifier head)
+    rather than copied from the checkpoint."""
     from transformers import AutoTokenizer
 
     model_cfg = info["config"]["model"]
@@ -146,10 +161,10 @@ def stage_model(checkpoint_dir: Path, staging: Path, info: dict, trust_remote_co
     model = load_checkpoint(checkpoint_dir, merge=True, trust_remote_code=trust_remote_code)  # a 4-bit base stays unmerged
     tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, trust_remote_code=trust_remote_code)
     quantized = is_quantized(model_cfg)
-    if prepare is not None:
-        prepare(model, tokenizer, quantized)
+    changed = prepare(model, tokenizer) if prepare is not None else False
     layout.write_model(staging, None if quantized else model, tokenizer,
                        adapter_source=checkpoint_dir if is_adapter_checkpoint(checkpoint_dir) else None,
+                       adapter_model=model if quantized and changed else None,
                        base_reference=base_reference(model_cfg, info["label_names"]) if quantized else None,
                        trial_file_from=checkpoint_dir)
     return model, tokenizer
@@ -219,15 +234,16 @@ def promote_checkpoint(checkpoint_dir: str | Path, run_dir: str | Path, provenan
         config = info["config"]
         fitted, given = {}, splits
 
-        def prepare(model, tokenizer, quantized):
+        def prepare(model, tokenizer):
             # Here, once the checkpoint folder has passed load_checkpoint's checks: a hostile folder is
             # refused before its config is trusted for anything, the data included.
             nonlocal splits
             splits = configured_splits(config, given)
-            fitted.update(calibrate(model, tokenizer, config, splits.validation, quantized))
+            fitted.update(calibrate(model, tokenizer, config, splits.held_out_for_calibration))
+            return fitted["temperature"] is not None
 
         model, tokenizer = stage_model(checkpoint_dir, version.folder, info, trust_remote_code, prepare)
-        if fitted["temperature"] is not None and is_adapter_checkpoint(checkpoint_dir):
+        if fitted["temperature"] is not None and is_adapter_checkpoint(checkpoint_dir) and not is_quantized(config["model"]):
             # The merged weights are scaled; the LoRA copy kept under adapter/ is the checkpoint's, as it was.
             fitted["note"] = (f"adapter/ (kept for PEFT users) holds the unscaled classifier head: divide its logits "
                               f"by T = {fitted['temperature']:.6g} for the calibrated probabilities")
@@ -241,7 +257,7 @@ def promote_checkpoint(checkpoint_dir: str | Path, run_dir: str | Path, provenan
                   "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   **promotion_report(info, labels, probs, data_summary, groups,
                                      {"checkpoint": str(checkpoint_dir), **(provenance or {})}),
-                  **calibration_report(fitted, labels, logits, info["label_names"], config),
+                  **calibration_report(fitted, labels, logits, info["label_names"], config, rule.get("offsets")),
                   "decision_rule": {**rule, "test": decision.test_effect(calibration.softmax(logits), labels,
                                                                          rule.get("offsets"))}}
         if gate is not None:

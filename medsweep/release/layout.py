@@ -55,14 +55,17 @@ BITSANDBYTES_FIELDS = {"load_in_4bit": bool, "bnb_4bit_quant_type": str, "bnb_4b
 # --- writing --------------------------------------------------------------------------------------
 
 def write_model(folder: Path, model, tokenizer, *, adapter_source: Optional[Path] = None,
-                base_reference: Optional[dict] = None, trial_file_from: Optional[Path] = None) -> str:
+                base_reference: Optional[dict] = None, trial_file_from: Optional[Path] = None,
+                adapter_model=None) -> str:
     """Write the model part of a promoted folder; returns the layout written.
 
     `model` is the merged model (merged layout) or None (adapter layout); `adapter_source` is a
     folder holding a PEFT adapter (a LoRA checkpoint), copied to adapter/; `base_reference`
     (name_or_path, revision, quantization, bitsandbytes, dtype, label_names) selects the adapter
     layout for a base that stays quantized; `trial_file_from` is the checkpoint whose trial.json
-    goes beside the model.
+    goes beside the model. `adapter_model` (adapter layout): a PeftModel whose adapter is written to
+    adapter/ instead of copying `adapter_source`'s files: promotion baked a temperature into its
+    classifier head (modules_to_save), so base + adapter loads calibrated.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -74,7 +77,12 @@ def write_model(folder: Path, model, tokenizer, *, adapter_source: Optional[Path
         (folder / BASE_MODEL_FILE).write_text(json.dumps(base_reference, indent=2))
     else:
         model.save_pretrained(folder)  # safetensors: transformers' default
-    if adapter_source is not None:
+    if adapter_model is not None:
+        if base_reference is None:
+            raise ValueError("adapter_model is for the adapter layout")
+        adapter_model.save_pretrained(folder / ADAPTER_DIR, safe_serialization=True)
+        check_adapter(folder / ADAPTER_DIR)
+    elif adapter_source is not None:
         (folder / ADAPTER_DIR).mkdir()
         for name in ADAPTER_FILES:
             shutil.copy2(Path(adapter_source) / name, folder / ADAPTER_DIR / name)

@@ -1,6 +1,7 @@
 """The promoted model's plots, on the test split (from promoted/test_predictions.npz: labels and
-probabilities, no text): confusion matrix, one-vs-rest ROC curves, reliability diagram, and test
-metrics per subgroup (from metrics.json).
+probabilities, no text): confusion matrix, one-vs-rest ROC curves, reliability diagram, the
+risk-coverage curve (from metrics.json when promotion wrote it: the served labels), and test metrics
+per subgroup (from metrics.json).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsweep.evaluation.metrics import expected_calibration_error, reliability
+from medsweep.evaluation.metrics import expected_calibration_error, reliability, risk_coverage
 from medsweep.reporting.figures import Figure, plt, save, wrap
 from medsweep.reporting.run_data import SweepData
 
@@ -88,6 +89,28 @@ def calibration_plot(labels, probs, out_dir: Path) -> tuple[Figure, float]:
     return figure, ece
 
 
+def risk_coverage_plot(curve: dict, out_dir: Path) -> Figure:
+    """Accuracy of the cases the model keeps against the share it refers (least confident first)."""
+    shares, accuracy = np.array(curve["curve"]["referred_share"]), np.array(curve["curve"]["accuracy_kept"])
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.plot(shares, accuracy, color="tab:blue", label="Promoted model")
+    ax.axhline(accuracy[0], ls="--", color="0.5", label=f"Referring none (accuracy {accuracy[0]:.3f})")
+    for point in curve["at"][1:]:
+        ax.plot(point["referred_share"], point["accuracy_kept"], "o", color="tab:blue")
+    ax.set_xlabel("Share of cases referred to a clinician (least confident first)")
+    ax.set_ylabel("Accuracy of the cases kept")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(min(0.5, float(accuracy.min()) - 0.02), 1.005)
+    ax.set_title(f"Promoted model: risk-coverage (test, n={curve['rows']})")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    save(fig, out_dir, "risk_coverage")
+    read = "; ".join(f"{p['referred_share']:.0%} referred: {p['accuracy_kept']:.3f}" for p in curve["at"])
+    return Figure("risk_coverage", "Risk-coverage",
+                  f"Accuracy of the test cases the model keeps when the least confident share (by the top-class "
+                  f"probability) is referred, labels from the {curve.get('labels', 'argmax')}. {read}.")
+
+
 def model_plots(data: SweepData, out_dir: Path) -> list[Figure]:
     if data.predictions is None:
         data.skipped["promoted model plots"] = "no promoted/test_predictions.npz (promotion off, or a model promoted by an older medsweep)"
@@ -100,6 +123,9 @@ def model_plots(data: SweepData, out_dir: Path) -> list[Figure]:
     else:
         figures.append(roc)
     figures.append(calibration_plot(labels, probs, out_dir)[0])
+    # A model promoted before metrics.json carried the curve: drawn from the saved probabilities (argmax).
+    curve = (data.promoted or {}).get("risk_coverage") or risk_coverage(labels, probs)
+    figures.append(risk_coverage_plot(curve, out_dir))
     return figures
 
 

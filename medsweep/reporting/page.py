@@ -84,6 +84,27 @@ def test_metrics_html(promoted: dict) -> str:
     return '<div class="side">' + "".join(parts) + "</div>"
 
 
+def conformal_html(promoted: dict) -> str:
+    """Test coverage of the prediction sets at each target level, with its binomial CI, and the mean
+    set size per true class (metrics.json's conformal section); "" for a model promoted without one."""
+    conformal = promoted.get("conformal") or {}
+    levels = conformal.get("levels") or ([{"coverage": conformal["coverage"], "threshold": conformal["threshold"],
+                                           "test": conformal["test"]}] if conformal.get("test") else [])
+    if not levels:
+        return ""
+    rows = [[f"{level['coverage']:.0%}", _fmt(level["test"]["coverage"]), _interval(level["test"]["coverage_ci"]["interval"]),
+             _fmt(level["test"]["mean_set_size"])] for level in levels]
+    names = list(levels[0]["test"]["per_class"])
+    class_rows = [[html.escape(name), *[_fmt(level["test"]["per_class"][name]["mean_set_size"]) for level in levels]]
+                  for name in names]
+    fitted_on = conformal.get("fitted_on", "validation")
+    return ('<div class="side">' + html_table(["target coverage", "test coverage", "95% CI", "mean set size"], rows, "metrics")
+            + html_table(["true class", *[f"set size at {level['coverage']:.0%}" for level in levels]], class_rows, "metrics")
+            + "</div>" + f"<p class=note>Split-conformal (LAC) prediction sets, thresholds fitted on the "
+            f"{html.escape(str(conformal.get('calibration_rows', '')))} {html.escape(fitted_on)} rows; Clopper-Pearson "
+            "95% intervals over the test rows.</p>")
+
+
 def promoted_facts(data: SweepData) -> str:
     """Where the promoted model came from, one short line each."""
     promoted = data.promoted
@@ -132,6 +153,9 @@ def write_index(data: SweepData, figures: list[Figure], out_dir: Path) -> Path:
                   test_metrics_html(data.promoted),
                   ("<p class=note>95% percentile-bootstrap intervals over the test rows (promoted/metrics.json). "
                    "ECE: lower is better.</p>")]
+        sets = conformal_html(data.promoted)
+        if sets:
+            parts += ["<h3 id=prediction-sets>Prediction sets</h3>", sets]
     hints = (data.promoted or {}).get("range_hints") or []
     if hints:  # the best trials at a range's edge (medsweep/search/edges.py)
         parts += ["<h2>Search range</h2>", "<ul>" + "".join(f"<li>{html.escape(h['message'])}</li>" for h in hints) + "</ul>"]

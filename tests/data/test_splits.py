@@ -253,3 +253,57 @@ def test_a_blank_row_counts_as_an_empty_text_not_a_missing_label(tmp_path, csv_c
     path.write_text("text,label\n" + "".join(f"note {i},{'ab'[i % 2]}\n" for i in range(20)) + ",\n")
     splits = data.load_splits(data_cfg(csv_cfg, path=str(path)))
     assert splits.summary["rows_read"] == 21 and splits.summary["empty_texts_dropped"] == 1
+
+
+# --- data.calibration_fraction (issue 27: rows that fit T, the decision rule and the conformal threshold) ---
+
+def test_calibration_fraction_carves_training_rows_only_stratified_and_seeded(default_data_cfg, splits):
+    carved = data.load_splits(dict(default_data_cfg, calibration_fraction=0.2))
+    calibration, train = carved.calibration, carved.train
+    # Only the training rows give: validation and test are the very same rows as without it.
+    assert carved.fingerprints["validation"] == splits.fingerprints["validation"]
+    assert carved.fingerprints["test"] == splits.fingerprints["test"]
+    assert set(calibration["text"]) | set(train["text"]) == set(splits.train["text"])
+    parts = [set(p["text"]) for p in (train, carved.validation, carved.test)]
+    assert all(not (set(calibration["text"]) & part) for part in parts)
+    assert len(calibration) == pytest.approx(0.2 * len(splits.train), abs=1)
+    overall = splits.train["label"].value_counts(normalize=True)
+    assert (calibration["label"].value_counts(normalize=True) - overall).abs().max() < 0.02
+    assert carved.held_out_for_calibration == ("calibration", calibration)
+    assert splits.held_out_for_calibration[0] == "validation" and splits.calibration is None
+    summary = carved.summary
+    assert summary["split_sizes"]["calibration"] == len(calibration)
+    assert summary["fingerprints"]["calibration"] == data.fingerprint(calibration)
+    assert f"+ {len(calibration)} calibration" in data.describe(summary)
+    # Seeded: the same rows again, other rows with another data.seed.
+    again = data.load_splits(dict(default_data_cfg, calibration_fraction=0.2))
+    assert data.fingerprint(again.calibration) == summary["fingerprints"]["calibration"]
+    other = data.load_splits(dict(default_data_cfg, calibration_fraction=0.2, seed=1))
+    assert data.fingerprint(other.calibration) != summary["fingerprints"]["calibration"]
+
+
+def test_calibration_rows_are_never_trained_on_by_a_search_or_a_refit(default_data_cfg):
+    carved = data.load_splits(dict(default_data_cfg, calibration_fraction=0.1, max_train_samples=100))
+    held = set(carved.calibration["text"])
+    assert len(carved.train) == 100 and not held & set(carved.train["text"])
+    refit = carved.as_configured(dict(default_data_cfg, calibration_fraction=0.1, max_train_samples=None))
+    assert len(refit.train) > 100 and not held & set(refit.train["text"])
+    assert refit.calibration is carved.calibration
+
+
+def test_pubmedqa_calibration_rows_come_from_training_and_the_official_test_set_stays(pubmedqa):
+    carved = data.load_splits(dict(compose_config(["data=pubmedqa"])["data"], calibration_fraction=0.2))
+    assert (len(carved.train), len(carved.calibration), len(carved.validation)) == (320, 80, 100)
+    assert carved.fingerprints["test"] == pubmedqa.fingerprints["test"]
+    pairs = lambda frame: set(zip(frame["text"], frame["text_pair"]))  # noqa: E731
+    assert pairs(carved.calibration) | pairs(carved.train) == pairs(pubmedqa.train)
+
+
+@pytest.mark.parametrize("fraction", [0, 0.6, -0.1])
+def test_a_bad_calibration_fraction_is_one_line_before_anything_runs(fraction):
+    from medsweep.config import validate
+
+    with pytest.raises(ConfigError) as info:
+        validate(compose_config([f"data.calibration_fraction={fraction}"]))
+    message = str(info.value)
+    assert "data.calibration_fraction must be in (0, 0.5] or null" in message and "\n" not in message

@@ -162,3 +162,34 @@ def test_bootstrap_ci_is_seeded_and_brackets_the_estimate():
         low, high = first[name]
         assert low < point[name] < high, name
         assert high - low < 0.2  # 300 rows: a few points wide, not the whole range
+
+
+def test_risk_coverage_refers_the_least_confident_rows_first():
+    from medsweep.evaluation.metrics import risk_coverage
+
+    # Confidence 0.9, 0.8, 0.7, 0.6 (top class); the two least confident rows are wrong.
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])
+    labels = np.array([0, 1, 1, 0])
+    curve = risk_coverage(labels, probs, shares=(0.0, 0.25, 0.5, 0.75))
+    at = {p["referred_share"]: (p["kept_rows"], p["accuracy_kept"]) for p in curve["at"]}
+    assert at == {0.0: (4, 0.5), 0.25: (3, 2 / 3), 0.5: (2, 1.0), 0.75: (1, 1.0)}
+    assert curve["curve"]["accuracy_kept"] == pytest.approx([0.5, 2 / 3, 1.0, 1.0], abs=1e-6)
+    assert curve["curve"]["referred_share"] == [0.0, 0.25, 0.5, 0.75]
+    # The served labels, not the argmax, are scored when a decision rule moves them.
+    moved = risk_coverage(labels, probs, predicted=np.array([0, 1, 1, 0]), shares=(0.0, 0.5))
+    assert [p["accuracy_kept"] for p in moved["at"]] == [1.0, 1.0]
+
+
+def test_risk_coverage_on_a_calibrated_sample_rises_and_its_curve_stays_small():
+    from medsweep.evaluation.metrics import CURVE_POINTS, risk_coverage
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3) * 0.5, size=5000)
+    labels = np.array([rng.choice(3, p=p) for p in probs])  # calibrated by construction
+    curve = risk_coverage(labels, probs)
+    accuracy = [p["accuracy_kept"] for p in curve["at"]]
+    assert accuracy == sorted(accuracy) and accuracy[-1] > accuracy[0] + 0.1
+    # Kept rows are the most confident: their accuracy is their mean confidence, within noise.
+    kept = np.sort(probs.max(axis=1))[::-1][:2500]
+    assert accuracy[-1] == pytest.approx(kept.mean(), abs=0.03)
+    assert len(curve["curve"]["referred_share"]) == CURVE_POINTS

@@ -187,3 +187,57 @@ def test_coverage_is_range_checked():
     with pytest.raises(ConfigError, match="promote.coverage"):
         validate(config)
     assert compose_config(TINY)["promote"]["coverage"] == 0.9 and compose_config(TINY)["promote"]["calibrate"] is True
+
+
+def test_coverage_at_090_and_095_and_the_risk_coverage_curve_are_reported(promoted):
+    """metrics.json, the card: coverage with its binomial CI and set size per class at both levels,
+    and the risk-coverage curve of the served labels, recomputed here from the saved probabilities."""
+    from medsweep.evaluation.metrics import risk_coverage
+
+    _, _, link = promoted
+    report = layout.read_metrics(link)
+    saved = layout.read_test_predictions(link)
+    labels, probs = saved["labels"], saved["probs"]
+    levels = {level["coverage"]: level for level in report["conformal"]["levels"]}
+    assert sorted(levels) == [0.9, 0.95]
+    assert levels[0.9]["threshold"] == report["conformal"]["threshold"]
+    assert levels[0.95]["threshold"] >= levels[0.9]["threshold"]  # more coverage asks for a looser threshold
+    for level in levels.values():
+        sets = prediction_sets(probs, level["threshold"])
+        assert level["test"]["coverage"] == pytest.approx(sets[np.arange(len(labels)), labels].mean())
+        first = saved["label_names"][0]
+        rows = labels == 0
+        assert level["test"]["per_class"][first]["mean_set_size"] == pytest.approx(sets[rows].sum(axis=1).mean())
+    curve = report["risk_coverage"]
+    rule = report["decision_rule"]
+    served = None if not rule["applied"] else np.argmax(np.log(probs) + np.array(rule["offsets"]), axis=1)
+    assert curve["at"] == risk_coverage(labels, probs, served)["at"]
+    assert curve["at"][0]["accuracy_kept"] == pytest.approx(rule["test"]["rule"]["accuracy"])
+    card = (link / "README.md").read_text()
+    assert "Risk-coverage" in card and "| 95% |" in card and "mean set size at 95%" in card
+
+
+def test_with_calibration_fraction_promotion_calibrates_on_the_carved_rows(promoted, tmp_path, monkeypatch):
+    """data.calibration_fraction: T, the rule and the thresholds are fitted on the calibration split
+    (training rows no trial saw), and metrics.json, decision.json and the card say so."""
+    from medsweep import data
+
+    kept, _, _ = promoted
+    real = release.read_checkpoint_info
+
+    def carved(directory):
+        info = real(directory)
+        info["config"]["data"]["calibration_fraction"] = 0.2
+        return info
+
+    monkeypatch.setattr(release, "read_checkpoint_info", carved)
+    link = promote_checkpoint(kept, tmp_path / "run")
+    report = layout.read_metrics(link)
+    held_out = data.load_splits(report["config"]["data"]).calibration
+    assert report["calibration"]["fitted_on"] == report["conformal"]["fitted_on"] == "calibration"
+    assert report["calibration"]["rows"] == len(held_out) == report["data_summary"]["split_sizes"]["calibration"]
+    assert len(held_out) != report["data_summary"]["split_sizes"]["validation"]
+    probs = load_promoted(link).predict(held_out["text"].tolist())
+    expected = calibration.lac_threshold(probs, held_out["label"].to_numpy(), 0.9)
+    assert layout.read_settings(link).decision["conformal"]["threshold"] == pytest.approx(expected, abs=1e-5)
+    assert f"the {len(held_out)} calibration rows" in (link / "README.md").read_text()

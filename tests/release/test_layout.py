@@ -147,9 +147,10 @@ def unbaked_logits(link, texts):
         return model(**batch).logits.double().numpy()
 
 
-def test_the_temperature_is_baked_into_the_merged_layouts_and_sets_are_in_every_layout(readers):
+def test_the_temperature_is_baked_into_every_layout_and_sets_are_in_every_layout(readers):
     """issue 27: `pipeline()` itself returns softmax(logits / T) of the unbaked model, no argmax moves;
-    the 4-bit adapter layout is left uncalibrated (and says so); every layout has its conformal set."""
+    in the 4-bit adapter layout T is baked into the adapter's classifier head (modules_to_save), so
+    base + adapter loads calibrated; every layout has its conformal set."""
     from transformers import pipeline
 
     kind, link = readers
@@ -158,11 +159,19 @@ def test_the_temperature_is_baked_into_the_merged_layouts_and_sets_are_in_every_
     assert decision["conformal"]["threshold"] == report["conformal"]["threshold"]
     assert decision["conformal"]["calibration_rows"] == report["calibration"]["rows"] > 0
     assert load_promoted(link).conformal_threshold == report["conformal"]["threshold"]
-    if kind == "adapter_4bit":
-        assert report["calibration"]["applied"] is False and "adapter layout" in report["calibration"]["note"]
-        return
     temperature = report["calibration"]["temperature"]
     assert report["calibration"]["applied"] and abs(temperature - 1.0) > 1e-3  # a real T, not a no-op
+    if kind == "adapter_4bit":
+        # base_model.json + adapter/ loaded as PEFT loads them: the head under adapter/ carries 1/T.
+        logits = unbaked_logits(link, TEXTS)
+        expected = np.exp(logits / temperature) / np.exp(logits / temperature).sum(axis=1, keepdims=True)
+        got = load_promoted(link).predict(TEXTS)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        assert (got.argmax(axis=1) == logits.argmax(axis=1)).all()
+        unscaled = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        assert np.abs(got - unscaled).max() > 1e-4
+        assert "note" not in report["calibration"]
+        return
     assert ("unscaled classifier head" in report["calibration"].get("note", "")) == (kind == "merged_lora")
     logits = unbaked_logits(link, TEXTS)
     expected = np.exp(logits / temperature) / np.exp(logits / temperature).sum(axis=1, keepdims=True)

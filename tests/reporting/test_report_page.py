@@ -96,6 +96,23 @@ def test_the_page_leads_with_the_promoted_models_test_metrics_and_cis(page):
     assert sum(int(row[3]) for row in per_class[1:]) == metrics["data_summary"]["split_sizes"]["test"]
 
 
+def test_the_page_shows_set_coverage_at_both_levels_and_the_risk_coverage_curve(page):
+    run_dir, parsed = page
+    metrics = json.loads((run_dir / "promoted" / "metrics.json").read_text())
+    coverage = next(t for t in parsed.tables if t[0] == ["target coverage", "test coverage", "95% CI", "mean set size"])
+    levels = metrics["conformal"]["levels"]
+    assert [row[0] for row in coverage[1:]] == ["90%", "95%"] == [f"{level['coverage']:.0%}" for level in levels]
+    for row, level in zip(coverage[1:], levels):
+        assert float(row[1]) == pytest.approx(level["test"]["coverage"], rel=5e-3, abs=5e-4)
+        low, high = (float(x) for x in row[2].split(" – "))
+        assert low == pytest.approx(level["test"]["coverage_ci"]["interval"][0], rel=5e-3, abs=5e-4)
+        assert high == pytest.approx(level["test"]["coverage_ci"]["interval"][1], rel=5e-3, abs=5e-4)
+    sizes = next(t for t in parsed.tables if t[0][0] == "true class")
+    assert sizes[0][1:] == ["set size at 90%", "set size at 95%"]
+    assert [row[0] for row in sizes[1:]] == list(levels[0]["test"]["per_class"])
+    assert "Risk-coverage" in parsed.headings and (run_dir / "report" / "risk_coverage.png").exists()
+
+
 def test_no_raw_dicts_and_every_number_in_three_significant_digits(page):
     _, parsed = page
     text = " ".join(parsed.text)
