@@ -345,7 +345,9 @@ def load_splits(cfg: dict) -> DataSplits:
         train, calibration = carve(train, cfg["calibration_fraction"], cfg["seed"], notes, "calibration")
     unsampled_train = train
     train = subsample(train, cfg["max_train_samples"], cfg["seed"], notes, "data.max_train_samples", label_names)
-    train, unsampled_train = add_feedback(cfg, label_names, train, unsampled_train, [validation, test], summary, notes)
+    # Feedback rows never duplicate a held-out row: validation, test, and the calibration split if carved.
+    held_out = [validation, test] + ([calibration] if calibration is not None else [])
+    train, unsampled_train = add_feedback(cfg, label_names, train, unsampled_train, held_out, summary, notes)
     validation = subsample(validation, cfg["max_eval_samples"], cfg["seed"], notes, "data.max_eval_samples", label_names)
     parts = dict(zip(SPLITS, (train, validation, test)))
     if calibration is not None:
