@@ -122,6 +122,7 @@ class TrialRuns(TrialResults):
 
     def on_experiment_end(self, trials, **info):
         self.finish_all()
+        self._later(self.tracker.settle_lost, self.config, {trial.trial_id for trial in trials}).result()
 
     # --- finishing ---------------------------------------------------------------------------------
     def finish(self, trial_id: str, status: str) -> None:

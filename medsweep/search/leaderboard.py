@@ -95,7 +95,9 @@ class TrialResults(Callback):
         """A trial that reported its last evaluation just before the driver stopped is resumed by the
         next driver and ends at once, without a new result (its checkpoint is past its last step):
         its results are read back from its result.json, so its row keeps its numbers and status."""
-        folder = getattr(trial, "local_path", None)
+        # trial.path: the trial's folder in the experiment's storage, where result.json is kept (a
+        # restored trial's local_path is a staging folder of the new Ray session, without it).
+        folder = getattr(trial, "path", None) or getattr(trial, "local_path", None)
         if trial.trial_id in self.last or not folder:
             return
         try:
