@@ -154,6 +154,18 @@ class TrackerConfig:
 
 
 @dataclass
+class SimulateConfig:
+    # A cluster in a box (medsweep/simulation/cluster.py): nodes > 0 starts that many Ray nodes on this
+    # machine, each declaring GPUs and CPUs it does not have, and trials replay recorded learning curves
+    # (replay.source) instead of training. 0: no simulation (a real embedded Ray or cluster.address).
+    nodes: int = 0
+    gpus_per_node: float = 8.0
+    cpus_per_node: float = 16.0
+    # Each simulated node has its own object store; trials pass nothing big through it (Ray's minimum is 75 MB).
+    object_store_mb: int = 80
+
+
+@dataclass
 class ClusterConfig:
     name: str = "local"
     # null: start an embedded Ray on this machine; "auto" or host:port: join a running cluster.
@@ -171,6 +183,7 @@ class ClusterConfig:
     # process that imports torch and transformers again (8 s saved per trial on 2 cores:
     # experiments/bench_reuse.py).
     reuse_actors: bool = True
+    simulate: SimulateConfig = field(default_factory=SimulateConfig)
 
 
 @dataclass
@@ -256,6 +269,27 @@ class PromoteConfig:
 
 
 @dataclass
+class ReplayConfig:
+    # Trials that replay a learning curve instead of training (medsweep/simulation/): the driver,
+    # searcher, scheduler, leaderboard, trackers and report are the real ones. null: real training;
+    # lcbench: YAHPO Gym's LCBench surrogate (the `simulate` extra), at replay.task.
+    source: Optional[str] = None
+    task: str = "3945"
+    # The folder that holds lcbench/ (YAHPO Gym's surrogate data).
+    data_path: Optional[str] = None
+    # Simulated seconds per recorded second: 0.01 replays a 100 s curve in 1 s.
+    time_scale: float = 0.01
+    # null: each evaluation sleeps its recorded seconds x time_scale. A number: every evaluation sleeps
+    # that long (trials of equal length, for packing and throughput measurements).
+    evaluation_s: Optional[float] = None
+    # Which config key drives each of the surrogate's hyperparameters; the others stay at its defaults.
+    # A value outside the surrogate's range is clipped to it.
+    parameters: Dict[str, str] = field(default_factory=lambda: {
+        "learning_rate": "trainer.learning_rate", "batch_size": "trainer.batch_size",
+        "weight_decay": "trainer.weight_decay", "max_dropout": "model.lora.dropout", "max_units": "model.lora.r"})
+
+
+@dataclass
 class MedsweepConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -264,6 +298,7 @@ class MedsweepConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
     # Filled in by the CLI: where this run writes everything.
     run_dir: str = "."
 
@@ -273,6 +308,7 @@ class ConfigError(ValueError):
 
 
 METRIC_MODES = ("max", "min")
+REPLAY_SOURCES = (None, "lcbench")
 FINETUNE_METHODS = ("full", "lora")
 DATA_FORMATS = ("csv", "jsonl", "parquet", "hf")
 CLASS_WEIGHTINGS = ("none", "balanced")
@@ -351,6 +387,17 @@ def validate(config: dict) -> None:
         (0.5 <= p["coverage"] < 1.0, f"promote.coverage must be in [0.5, 1), got {p['coverage']}"),
         (c["cpus_per_trial"] > 0, f"cluster.cpus_per_trial must be > 0, got {c['cpus_per_trial']}"),
         (gpu_share_ok(c["gpus_per_trial"]), f"cluster.gpus_per_trial must be a number >= 0 or auto, got {c['gpus_per_trial']!r}"),
+        (c["simulate"]["nodes"] >= 0, f"cluster.simulate.nodes must be >= 0, got {c['simulate']['nodes']}"),
+        (c["simulate"]["nodes"] == 0 or c["address"] is None,
+         "cluster.simulate.nodes starts its own Ray cluster: leave cluster.address null"),
+        (c["simulate"]["nodes"] == 0 or config["replay"]["source"] is not None,
+         "a simulated cluster declares GPUs it does not have: its trials must replay curves (set replay.source=lcbench)"),
+        (config["replay"]["source"] in REPLAY_SOURCES, f"replay.source must be null or one of {REPLAY_SOURCES[1:]}, got {config['replay']['source']!r}"),
+        (config["replay"]["source"] is None or not p["enabled"],
+         "replayed trials train no model to promote: set promote.enabled=false"),
+        (config["replay"]["evaluation_s"] is None or config["replay"]["evaluation_s"] >= 0,
+         f"replay.evaluation_s must be >= 0 or null, got {config['replay']['evaluation_s']}"),
+        (config["replay"]["time_scale"] >= 0, f"replay.time_scale must be >= 0, got {config['replay']['time_scale']}"),
         (tr["name"] in TRACKERS, f"tracker.name must be one of {TRACKERS}, got {tr['name']!r}"),
         (tr["mode"] in TRACKER_MODES, f"tracker.mode must be one of {TRACKER_MODES}, got {tr['mode']!r}"),
     ]

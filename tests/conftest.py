@@ -99,9 +99,10 @@ def smoke_sweep(tmp_path_factory):
     return run_dir, base, proc
 
 
-def kill_driver_after_first_trial(args: list[str], run_dir: Path, env: dict | None = None, timeout: int = 300) -> None:
+def kill_driver_after_first_trial(args: list[str], run_dir: Path, env: dict | None = None, timeout: int = 300,
+                                  rows: int = 1) -> list[dict]:
     """Start the driver command `args` and kill -9 it and everything it started, as a crashed
-    machine would, once its leaderboard has a finished trial."""
+    machine would, once its leaderboard has `rows` finished trials; returns those rows."""
     import csv
     import signal
     import time
@@ -117,10 +118,10 @@ def kill_driver_after_first_trial(args: list[str], run_dir: Path, env: dict | No
     processes = []
     try:
         deadline = time.time() + timeout
-        while time.time() < deadline and not finished():
+        while time.time() < deadline and len(finished()) < rows:
             processes = psutil.Process(driver.pid).children(recursive=True) or processes
             time.sleep(0.3)
-        assert finished(), "no trial finished before the deadline"
+        assert len(finished()) >= rows, f"fewer than {rows} trial(s) finished before the deadline"
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         for process in processes:
@@ -129,6 +130,7 @@ def kill_driver_after_first_trial(args: list[str], run_dir: Path, env: dict | No
             except psutil.NoSuchProcess:
                 pass
         driver.wait(timeout=30)
+    return finished()
 
 
 def free_port() -> int:

@@ -73,6 +73,15 @@ class MlflowTracker(Tracker):
     def __init__(self):
         self.client = None
         self.parent_id = None
+        self.resumed = False  # the parent run was made by an earlier driver of this sweep
+
+    def __getstate__(self):
+        return {**self.__dict__, "client": None}
+
+    def __setstate__(self, state):
+        # Tune pickles its callbacks (and this tracker in TrialRuns) with the experiment and a resumed
+        # sweep runs with those copies: an unpickled tracker always belongs to a resumed sweep.
+        self.__dict__.update(state, resumed=True)
 
     # --- setup -----------------------------------------------------------------------------------
     def _client(self, config: dict):
@@ -130,6 +139,7 @@ class MlflowTracker(Tracker):
             except Exception:  # noqa: BLE001  a store that lost the run: start a new parent
                 self.parent_id = None
             if self.parent_id is not None:
+                self.resumed = True
                 return self.parent_id
         run = client.create_run(self.experiment_id(config), run_name=f"sweep-{RunDir.of(config).resolved().root.name}",
                                 tags={"medsweep.kind": "sweep", "medsweep.sweep": str(config["sweep"]["name"])})
@@ -148,6 +158,14 @@ class MlflowTracker(Tracker):
     # --- trial runs ------------------------------------------------------------------------------
     def open_trial(self, config: dict, trial_id: str, resolved: dict, sampled: dict):
         client = self._client(config)
+        if self.resumed:
+            # A trial the killed driver had started goes on in its run: one run per trial, not two.
+            earlier = client.search_runs([self.experiment_id(config)], max_results=1,
+                                         filter_string=f"tags.`mlflow.parentRunId` = '{self.parent(config)}' "
+                                                       f"and tags.`medsweep.trial_id` = '{trial_id}'")
+            if earlier:
+                client.update_run(earlier[0].info.run_id, status="RUNNING")
+                return earlier[0].info.run_id
         run = client.create_run(self.experiment_id(config), run_name=f"trial-{trial_id}",
                                 tags={"mlflow.parentRunId": self.parent(config), "medsweep.kind": "trial",
                                       "medsweep.trial_id": trial_id})
@@ -164,6 +182,21 @@ class MlflowTracker(Tracker):
             self.client.set_tag(run, "medsweep.status", status)
         finally:
             self.client.set_terminated(run, END_STATUS.get(status, "FINISHED"))
+
+    def settle_lost(self, config: dict, trial_ids: set[str]) -> int:
+        # A trial the killed driver had started but Tune's last saved state did not hold never runs
+        # again (its Optuna trial is settled as FAIL the same way): its run is closed as KILLED.
+        if not self.resumed:
+            return 0
+        client = self._client(config)
+        open_runs = client.search_runs([self.experiment_id(config)], max_results=10000,
+                                       filter_string=f"tags.`mlflow.parentRunId` = '{self.parent(config)}' "
+                                                     "and attributes.status = 'RUNNING'")
+        lost = [run for run in open_runs if run.data.tags.get("medsweep.trial_id") not in trial_ids]
+        for run in lost:
+            client.set_tag(run.info.run_id, "medsweep.status", "lost")
+            client.set_terminated(run.info.run_id, "KILLED")
+        return len(lost)
 
     # --- the sweep -------------------------------------------------------------------------------
     def log_sweep(self, config: dict, run_dir: RunDir, report_dir: Path | None, splits=None) -> None:

@@ -37,6 +37,12 @@ class Tracker:
         """`best`: the best evaluation's TRIAL_HISTORY_KEYS values; `summary`: best_step, evaluations, status."""
         raise NotImplementedError
 
+    def settle_lost(self, config: dict, trial_ids: set[str]) -> int:
+        """After a resumed experiment: close the trial runs an earlier (killed) driver opened for trials
+        the experiment does not hold (`trial_ids`: those it does); returns how many. A backend that
+        cannot find earlier runs (W&B offline) closes none."""
+        return 0
+
     def log_sweep(self, config: dict, run_dir: RunDir, report_dir: Path | None, splits=None) -> Path | None:
         """The sweep's record. `splits`: the driver's data.DataSplits, for the examples (loaded if None)."""
         raise NotImplementedError

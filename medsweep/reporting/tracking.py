@@ -16,6 +16,8 @@ plots, metrics and the model. Text (validation examples with predictions) is log
 
 from __future__ import annotations
 
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from medsweep.evaluation.metrics import METRIC_NAMES, WORST_GROUP_METRIC_NAMES
@@ -25,6 +27,8 @@ from medsweep.reporting.wandb_tracking import WandbTracker, wandb_enabled
 from medsweep.rundir import RunDir
 from medsweep.search.leaderboard import TrialResults
 from medsweep.search.space import apply_overrides
+
+log = logging.getLogger(__name__)
 
 # What a trial run's history gets from each evaluation; everything else in Ray's result is dropped.
 TRIAL_HISTORY_KEYS = (*(f"val_{name}" for name in METRIC_NAMES + WORST_GROUP_METRIC_NAMES), "epoch", "evaluation",
@@ -55,20 +59,50 @@ def check(config: dict) -> None:
 
 
 class TrialRuns(TrialResults):
-    """One tracker run per trial, written from the driver as Ray reports results."""
+    """One tracker run per trial, written from the driver as Ray reports results.
+
+    The tracker's calls run in order on one background thread: opening a W&B run alone takes
+    0.3-0.6 s, and made in Tune's event loop it held every trial's results back (1,000 trials with
+    W&B offline: the driver's loop spent ~10 minutes in tracker calls, experiments/bench_cluster.py).
+    finish_all() waits for every call to be done. A failing tracker call is a warning: it costs that
+    trial's tracker run, never the sweep."""
 
     def __init__(self, config: dict, tracker: Tracker | None = None):
         objective = primary(config)  # a trial run's best evaluation is the one the sweep ranks by
         super().__init__(objective.metric, objective.mode)
         self.config = config
         self.tracker = tracker or backend(config)
-        self.runs: dict[str, object] = {}
+        self.runs: dict[str, Future] = {}  # trial id -> the future of its open run
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medsweep-tracker")
 
-    def _run(self, trial):
+    def __getstate__(self):
+        # Tune pickles its callbacks with the experiment (tuner.pkl): a thread and open runs stay here.
+        return {**self.__dict__, "writer": None, "runs": {}}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medsweep-tracker")
+
+    def _later(self, call, *args) -> Future:
+        def guarded():
+            try:
+                return call(*args)
+            except Exception as exc:  # noqa: BLE001  a tracker's failure must not cost the sweep
+                log.warning("tracker call %s failed (%s: %s)", getattr(call, "__name__", call), type(exc).__name__, exc)
+                return None
+
+        return self.writer.submit(guarded)
+
+    def _run(self, trial) -> Future:
         if trial.trial_id not in self.runs:
             resolved = apply_overrides(self.config, trial.config)
-            self.runs[trial.trial_id] = self.tracker.open_trial(self.config, trial.trial_id, resolved, trial.config)
+            self.runs[trial.trial_id] = self._later(self.tracker.open_trial, self.config, trial.trial_id, resolved,
+                                                    trial.config)
         return self.runs[trial.trial_id]
+
+    def _with_run(self, opened: Future, call, *args) -> None:
+        # The one writer thread runs calls in order: `opened` is done by the time this call runs.
+        self._later(lambda: None if opened.result() is None else call(opened.result(), *args))
 
     # --- Ray Tune callback hooks -----------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -76,7 +110,8 @@ class TrialRuns(TrialResults):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         step = int(result.get("step", result["training_iteration"]))  # the optimizer step, when the trial says
-        self.tracker.log_evaluation(self._run(trial), {k: result[k] for k in TRIAL_HISTORY_KEYS if k in result}, step)
+        self._with_run(self._run(trial), self.tracker.log_evaluation,
+                       {k: result[k] for k in TRIAL_HISTORY_KEYS if k in result}, step)
         super().on_trial_result(iteration, trials, trial, result, **info)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -87,21 +122,24 @@ class TrialRuns(TrialResults):
 
     def on_experiment_end(self, trials, **info):
         self.finish_all()
+        self._later(self.tracker.settle_lost, self.config, {trial.trial_id for trial in trials}).result()
 
     # --- finishing ---------------------------------------------------------------------------------
     def finish(self, trial_id: str, status: str) -> None:
-        run = self.runs.pop(trial_id, None)
-        if run is None:
+        opened = self.runs.pop(trial_id, None)
+        if opened is None:
             return
         best = self.best.get(trial_id, {})
-        self.tracker.close_trial(run, {k: best[k] for k in TRIAL_HISTORY_KEYS if k in best},
-                                 {"best_step": best.get("step"), "evaluations": self.evaluations.get(trial_id, 0),
-                                  "status": status}, status)
+        self._with_run(opened, self.tracker.close_trial, {k: best[k] for k in TRIAL_HISTORY_KEYS if k in best},
+                       {"best_step": best.get("step"), "evaluations": self.evaluations.get(trial_id, 0),
+                        "status": status}, status)
 
     def finish_all(self) -> None:
-        """Close every run still open (an interrupted sweep): called from run_sweep's `finally`."""
+        """Close every run still open (an interrupted sweep), then wait for every tracker call:
+        called when an experiment ends and from run.py's `finally`."""
         for trial_id in list(self.runs):
             self.finish(trial_id, "unfinished")
+        self._later(lambda: None).result()
 
 
 def trial_callbacks(config: dict) -> list:

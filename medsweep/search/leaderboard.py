@@ -1,6 +1,13 @@
 """The local leaderboard: `<run dir>/leaderboard.csv` and `leaderboard.md`, rewritten as trials end.
 
 Ray calls this callback in the driver, so the files are written by one process only.
+
+Each rewrite costs time in proportion to the rows, so rewriting on every trial's end grows with the
+square of the trials (10,000 trials: ~15 minutes of the driver's loop, experiments/bench_cluster.py).
+Rows are kept in memory as trials end and the files rewritten at most every WRITE_INTERVAL_S
+(and always when the experiment ends): a reader sees every trial that ended over a second ago.
+A driver killed between two writes loses nothing: Tune's experiment state still lists those trials as
+finished, and the next driver's first write (at its end) rebuilds their rows from their result.json.
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ import csv
 import io
 import json
 import math
+import time
 from pathlib import Path
 
 from ray.tune import Callback
@@ -21,6 +29,7 @@ from medsweep.search.space import flatten_values
 
 SCORE_COLUMNS = ("val_f1_macro", "val_auroc", "val_accuracy")
 TEXT_COLUMNS = ("trial_id", "metric", "status", "error")
+WRITE_INTERVAL_S = 1.0
 
 
 def error_reason(trial) -> str:
@@ -86,7 +95,9 @@ class TrialResults(Callback):
         """A trial that reported its last evaluation just before the driver stopped is resumed by the
         next driver and ends at once, without a new result (its checkpoint is past its last step):
         its results are read back from its result.json, so its row keeps its numbers and status."""
-        folder = getattr(trial, "local_path", None)
+        # trial.path: the trial's folder in the experiment's storage, where result.json is kept (a
+        # restored trial's local_path is a staging folder of the new Ray session, without it).
+        folder = getattr(trial, "path", None) or getattr(trial, "local_path", None)
         if trial.trial_id in self.last or not folder:
             return
         try:
@@ -108,6 +119,8 @@ class Leaderboard(TrialResults):
         self.run_dir = Path(run_dir)
         self.param_names = param_names
         self.rows: dict[str, dict] = {}  # finished trials only
+        self.written_at = 0.0  # time.monotonic() of the last rewrite
+        self.dirty = False  # rows not yet in the files
         self.load_existing()
 
     @property
@@ -127,6 +140,11 @@ class Leaderboard(TrialResults):
             for row in csv.DictReader(f):
                 self.rows[row["trial_id"]] = {k: v if k in TEXT_COLUMNS else _parse(v) for k, v in row.items()}
 
+    def on_step_end(self, iteration, trials, **info):
+        # Tune's loop turns several times a second: rows held back by the interval reach the files here.
+        if self.dirty and time.monotonic() - self.written_at >= WRITE_INTERVAL_S:
+            self.write()
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.recover(trial)
         self._finish(trial, self.end_status(trial.trial_id))
@@ -140,10 +158,22 @@ class Leaderboard(TrialResults):
         if budget.exhausted(self.run_dir):
             for trial in trials:
                 if trial.trial_id not in self.rows and trial.trial_id in self.best:
-                    self._finish(trial, "budget_stopped")
+                    self._finish(trial, "budget_stopped", write=False)
+        # Trials that ended in a driver killed before its next rewrite: a resumed experiment lists
+        # them as finished and never calls on_trial_complete for them again.
+        for trial in trials:
+            if trial.trial_id not in self.rows and trial.status in ("TERMINATED", "ERROR"):
+                self.recover(trial)
+                if trial.status == "ERROR":
+                    self._finish(trial, "error", error_reason(trial)[:200], write=False)
+                elif trial.trial_id in self.last:
+                    self._finish(trial, self.end_status(trial.trial_id), write=False)
+        self.write()
 
     # --- table -----------------------------------------------------------------------------------
-    def _finish(self, trial, status: str, error: str = "") -> None:
+    def _finish(self, trial, status: str, error: str = "", write: bool | None = None) -> None:
+        """The trial's row; the files are rewritten when WRITE_INTERVAL_S has passed (write=None),
+        now (True) or not (False)."""
         tid = trial.trial_id
         best = self.best.get(tid, {})
         params = flatten_values(trial.config)
@@ -159,7 +189,9 @@ class Leaderboard(TrialResults):
             "error": error,
         })
         self.rows[tid] = row
-        self.write()
+        self.dirty = True
+        if write or (write is None and time.monotonic() - self.written_at >= WRITE_INTERVAL_S):
+            self.write()
 
     def sorted_rows(self) -> list[dict]:
         def key(row):
@@ -186,3 +218,4 @@ class Leaderboard(TrialResults):
                  *table(["rank", *self.columns()],
                         [[rank, *(short(row[c]) for c in self.columns())] for rank, row in enumerate(rows, 1)])]
         atomic_write(self.files.leaderboard_md, "\n".join(lines) + "\n")
+        self.written_at, self.dirty = time.monotonic(), False

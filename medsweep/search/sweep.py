@@ -100,7 +100,15 @@ def preflight(config: dict) -> Plan:
     if sweep["num_trials"] > 1 and not space:
         raise ConfigError("sweep.num_trials > 1 but sweep.search_space is empty: every trial would be the same")
     cluster = config["cluster"]
-    if cluster["address"] is None:
+    if config["replay"]["source"] is not None:
+        from medsweep.simulation import curves
+
+        curves.check_data(config["replay"])
+    if cluster["simulate"]["nodes"]:
+        if cluster["cpus_per_trial"] > cluster["simulate"]["cpus_per_node"]:
+            raise ConfigError(f"cluster.cpus_per_trial={cluster['cpus_per_trial']} but each simulated node declares "
+                              f"{cluster['simulate']['cpus_per_node']} CPUs: no trial could start")
+    elif cluster["address"] is None:
         cores = cluster["num_cpus"] or os.cpu_count() or 1
         if cluster["cpus_per_trial"] > cores:
             raise ConfigError(f"cluster.cpus_per_trial={cluster['cpus_per_trial']} but this machine has {cores} CPUs: no trial could start")
@@ -138,7 +146,13 @@ def init_ray(cluster: dict) -> None:
     if ray.is_initialized():
         return
     runtime_env = {"env_vars": TRIAL_ENV}
-    if cluster["address"] is None:
+    if cluster["simulate"]["nodes"]:
+        from medsweep.simulation import cluster as simulated
+
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(quiet_token_notice)
+        ray.init(address=simulated.start(cluster["simulate"]).address, runtime_env=runtime_env, logging_level="WARNING")
+    elif cluster["address"] is None:
         # address="local": always a fresh embedded Ray, even when RAY_ADDRESS (set by an earlier
         # ray.init in this environment, or by a cluster shell) points elsewhere.
         # On a small machine Ray's fixed costs compete with the trials for the cores: no usage-stats
@@ -332,11 +346,22 @@ def console(config: dict, parameters: dict[str, str], metrics: dict[str, str], s
                         later_trials=later, later_s=PROMOTION_S if promote["enabled"] else 0.0)
 
 
-def run_sweep(plan: Plan, trainable_fn=tune_trial, callbacks: list = (), experiment: str = SWEEP_EXPERIMENT,
+def trial_function(config: dict):
+    """What a trial runs: a fine-tune, or (replay.source set) a replayed learning curve."""
+    if config["replay"]["source"] is None:
+        return tune_trial
+    from medsweep.simulation import curves, replay
+
+    curves.start_server(config)  # owned by the driver: it outlives any trial, and any simulated node
+    return replay.replay_trial
+
+
+def run_sweep(plan: Plan, trainable_fn=None, callbacks: list = (), experiment: str = SWEEP_EXPERIMENT,
               param_space: dict | None = None):
     """Run all trials of the plan; returns Ray's ResultGrid. The leaderboard is written as trials
     finish; `callbacks` (the trackers' Ray callbacks) see every result too. `param_space`: Tune
-    domains to search instead of the plan's (a grid, in tests and experiment scripts)."""
+    domains to search instead of the plan's (a grid, in tests and experiment scripts).
+    `trainable_fn`: null runs what the config asks for (trial_function)."""
     from ray import tune
     from ray.tune.search import Searcher
 
@@ -346,6 +371,9 @@ def run_sweep(plan: Plan, trainable_fn=tune_trial, callbacks: list = (), experim
     # The classic output path: Tune then calls our ProgressReporter instead of its own boxes.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     config, sweep, space = plan.config, plan.config["sweep"], plan.space
+    if trainable_fn is None:
+        init_ray(config["cluster"])
+        trainable_fn = trial_function(config)
     leaderboard = Leaderboard(plan.run_dir.root.resolve(), plan.metric, plan.mode, space.names)
     # Show "lora.r" rather than "model.lora.r".
     reporter = console(config, {name: name.split(".", 1)[-1] for name in space.names},

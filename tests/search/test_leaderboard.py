@@ -4,6 +4,7 @@ best first by the sweep metric in its direction."""
 import csv
 from types import SimpleNamespace
 
+from medsweep.search import leaderboard
 from medsweep.search.leaderboard import Leaderboard
 
 
@@ -17,7 +18,8 @@ def read(run_dir):
         return list(csv.DictReader(f))
 
 
-def test_leaderboard_is_rewritten_as_trials_finish_and_sorted_by_the_metric(tmp_path):
+def test_leaderboard_is_rewritten_as_trials_finish_and_sorted_by_the_metric(tmp_path, monkeypatch):
+    monkeypatch.setattr(leaderboard, "WRITE_INTERVAL_S", 0.0)  # every end rewrites (the interval: below)
     board = Leaderboard(tmp_path, "val_loss", "min", ["trainer.learning_rate"])
     a, b, c = trial("a", 1e-3), trial("b", 2e-3), trial("c", 3e-3)
     board.on_trial_result(1, [], a, {"val_loss": 0.9, "val_f1_macro": 0.2, "step": 10, "final": False})
@@ -58,3 +60,53 @@ def test_a_trial_resumed_after_its_last_evaluation_keeps_its_numbers(tmp_path):
     board.on_trial_complete(1, [], resumed)
     (row,) = read(tmp_path)
     assert (row["status"], row["evaluations"], float(row["best_value"]), row["best_step"]) == ("completed", "3", 0.4, "20")
+
+
+def test_rewrites_are_at_most_one_per_interval_and_no_row_is_held_back(tmp_path, monkeypatch):
+    """Rewriting on every end grows with the square of the trials (bench_cluster): ends within the
+    interval share one rewrite, Tune's next loop step after the interval writes what was held back,
+    and the experiment's end writes everything."""
+    clock = [100.0]
+    monkeypatch.setattr(leaderboard.time, "monotonic", lambda: clock[0])
+    writes = []
+    board = Leaderboard(tmp_path, "val_loss", "min", ["trainer.learning_rate"])
+    original = board.write
+    monkeypatch.setattr(board, "write", lambda: (writes.append(len(board.rows)), original()))
+    trials = [trial(f"t{i}", 1e-3) for i in range(50)]
+    for i, t in enumerate(trials[:40]):
+        board.on_trial_result(i, [], t, {"val_loss": 1.0 / (i + 1), "step": 10, "final": True})
+        board.on_trial_complete(i, [], t)
+        clock[0] += 0.01  # 40 ends in 0.4 s
+    assert writes == [1] and len(read(tmp_path)) == 1  # the first end wrote; the next 39 are held
+    board.on_step_end(41, trials)
+    assert writes == [1]  # still within the interval
+    clock[0] += leaderboard.WRITE_INTERVAL_S
+    board.on_step_end(42, trials)
+    assert writes == [1, 40] and len(read(tmp_path)) == 40
+    board.on_step_end(43, trials)
+    assert writes == [1, 40]  # nothing new: no rewrite
+    for i, t in enumerate(trials[40:], 40):
+        board.on_trial_result(i, [], t, {"val_loss": 1.0 / (i + 1), "step": 10, "final": True})
+        board.on_trial_complete(i, [], t)
+    board.on_experiment_end(trials=[])
+    rows = read(tmp_path)
+    assert len(rows) == 50 and rows[0]["trial_id"] == "t49"
+
+
+def test_trials_that_ended_before_a_killed_driver_wrote_them_get_their_rows_at_the_end(tmp_path):
+    """A driver killed between two rewrites: the next driver's Tune lists those trials as TERMINATED
+    and never calls on_trial_complete for them; their rows come from their result.json."""
+    import json
+
+    folders = []
+    for name, value in (("x", 0.7), ("y", 0.2)):
+        folder = tmp_path / "ray" / "sweep" / f"replay_trial_{name}"
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text(json.dumps({"val_loss": value, "step": 4, "final": True}) + "\n")
+        folders.append(SimpleNamespace(trial_id=name, status="TERMINATED", local_path=str(folder),
+                                       config={"trainer": {"learning_rate": 1e-3}}))
+    unfinished = SimpleNamespace(trial_id="z", status="PENDING", local_path=None, config={"trainer": {"learning_rate": 1e-3}})
+    board = Leaderboard(tmp_path, "val_loss", "min", ["trainer.learning_rate"])
+    board.on_experiment_end(trials=[*folders, unfinished])
+    rows = read(tmp_path)
+    assert [(r["trial_id"], r["status"], float(r["best_value"])) for r in rows] == [("y", "completed", 0.2), ("x", "completed", 0.7)]
