@@ -116,7 +116,11 @@ def test_a_driver_killed_half_way_resumes_without_rerunning_or_losing_a_trial(tm
     # A proposal the killed driver made but Tune had not yet saved is never run: the study settles it as FAIL.
     told = {t.user_attrs[study.RAY_TRIAL]: t.state.name for t in trials if t.state.name in ("COMPLETE", "PRUNED")}
     assert set(told) == {r["trial_id"] for r in final}
-    assert all(t.state.is_finished() for t in trials)
+    # Every trial of this experiment is settled. A kill between Optuna's ask and the searcher tagging the
+    # trial (two journal writes) can leave one untagged RUNNING trial, which settle cannot tell from
+    # another driver's in a shared study: at most one.
+    assert all(t.state.is_finished() for t in trials if t.user_attrs.get(study.EXPERIMENT))
+    assert sum(not t.state.is_finished() for t in trials) <= 1
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("medsweep").experiment_id],
                               filter_string="tags.`medsweep.kind` = 'trial'", max_results=1000)
