@@ -14,7 +14,7 @@ console, searcher, study, trackers, report). The last line is `driver_ratio=X.XX
 bare wall at the largest --trials, median over --repeats (goal <= 1.10 at 1,000 trials, trackers on).
 
     pip install -e '.[simulate,mlflow]' wandb
-    python experiments/bench_cluster.py --quick          # 300 trials at 32 slots, W&B offline: ~6-8 min on 2 cores
+    python experiments/bench_cluster.py --quick          # 200 trials at 32 slots, W&B offline: ~7 min on 2 cores
     python experiments/bench_cluster.py --trials 1000 --slots 32 --trackers wandb mlflow
     python experiments/bench_cluster.py --trials 10000 --slots 128 --repeats 1
 
@@ -203,10 +203,10 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=0.001, help="replay.time_scale (0.001: a 300 s curve in 0.3 s)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="300 trials at 32 slots, W&B offline")
+    parser.add_argument("--quick", action="store_true", help="200 trials at 32 slots, W&B offline")
     args = parser.parse_args()
     if args.quick:
-        args.slots, args.trials, args.trackers = [32], [300], ["wandb"]
+        args.slots, args.trials, args.trackers = [32], [200], ["wandb"]
     os.environ.setdefault("WANDB_SILENT", "true")
     install_timers()
     ratios = defaultdict(list)
