@@ -226,14 +226,18 @@ def main() -> None:
                         sides[side] = (bare_side if side == "bare" else medsweep_side)(config)
                         simulated.stop()  # each side starts its own nodes: no warm workers handed over
                         shutil.rmtree(folder / "wandb", ignore_errors=True)
-                    print(f"slots={slots} trials={trials} repeat={repeat + 1}", flush=True)
-                    for side in order:
+                        # Printed as each side ends: a long run stopped by hand keeps what it measured.
+                        print(f"slots={slots} trials={trials} repeat={repeat + 1}", flush=True)
                         show(side, sides[side])
                     for tracker in args.trackers:
                         ratios[(slots, trials, tracker)].append(sides[tracker]["wall_s"] / sides["bare"]["wall_s"])
+    except BaseException:
+        print(f"stopped; the run dirs are kept in {root}", flush=True)
+        raise
+    else:
+        shutil.rmtree(root, ignore_errors=True)
     finally:
         simulated.stop()
-        shutil.rmtree(root, ignore_errors=True)
     print("medsweep wall / bare Tuner wall (median [min, max] over repeats):")
     for (slots, trials, tracker), values in ratios.items():
         print(f"  slots={slots} trials={trials} tracker={tracker}: {statistics.median(values):.3f} "
