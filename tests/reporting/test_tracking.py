@@ -19,7 +19,7 @@ from medsweep.config import ConfigError
 from tests.conftest import ROOT, compose_config, wandb_env
 
 REPORT_PLOTS = ("optimization_history", "param_importances", "parallel_coordinates", "learning_curves",
-                "confusion_matrix", "roc_curves", "calibration")
+                "confusion_matrix", "roc_curves", "calibration", "risk_coverage")
 
 
 def read_records(path: Path) -> list:
