@@ -224,7 +224,7 @@ def test_the_cli_server_keeps_feedback_in_the_run_dir_and_never_logs_the_text(pr
     """`python -m medsweep.serve model=<run>/promoted` with its access log on: feedback lands in
     <run>/feedback.sqlite, and neither the note nor the comment is in the server's output."""
     from tests.conftest import free_port
-    from tests.serving.test_predict_serve import start_server, stop
+    from tests.serving.test_predict_serve import start_server, stop, wait_healthy
 
     run = tmp_path / "run"
     shutil.copytree(promoted.parent, run, symlinks=True)  # the run dir, its `promoted` link relative
@@ -233,16 +233,7 @@ def test_the_cli_server_keeps_feedback_in_the_run_dir_and_never_logs_the_text(pr
     proc = start_server([f"model={run / 'promoted'}", f"port={port}"], {serve.TOKEN_ENV: TOKEN}, log_path)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.time() < deadline, log_path.read_text()
-            time.sleep(0.25)
+        wait_healthy(proc, base, log_path)
         [p] = predict(base, [SECRET])["predictions"]
         saved = httpx.post(f"{base}/feedback", json={"prediction_id": p["prediction_id"], "label": p["label"],
                                                      "comment": "Seen by Dr. Zebulon Farquharson"}, headers=AUTH)

@@ -275,6 +275,20 @@ def start_server(args: list[str], env: dict, log_path) -> subprocess.Popen:
                             stdout=log, stderr=subprocess.STDOUT)
 
 
+def wait_healthy(proc: subprocess.Popen, base: str, log_path, timeout_s: float = 120) -> None:
+    """Until /health answers 200; the server's log in the failure if it exits or never answers."""
+    deadline = time.time() + timeout_s
+    while True:
+        assert proc.poll() is None, log_path.read_text()
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.time() < deadline, "server did not come up: " + log_path.read_text()
+        time.sleep(0.25)
+
+
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -320,16 +334,7 @@ def test_serve_round_trips_real_text_with_auth_and_limits(promoted, sentences, t
     proc = start_server([f"model={promoted}", "host=127.0.0.1", f"port={port}", "max_request_bytes=20000", "max_batch=10"],
                         {serve.TOKEN_ENV: TOKEN}, log_path)
     try:
-        deadline = time.time() + 120
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.time() < deadline, "server did not come up: " + log_path.read_text()
-            time.sleep(0.25)
+        wait_healthy(proc, base, log_path)
 
         model = load_promoted(promoted)
         health = httpx.get(f"{base}/health", timeout=10).json()
