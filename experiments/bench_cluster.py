@@ -150,7 +150,6 @@ def medsweep_side(config: dict) -> dict:
 
 def bare_side(config: dict) -> dict:
     """A Tuner as a Ray Tune user would write it, with medsweep's trainable, resources and settings."""
-    import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -167,7 +166,7 @@ def bare_side(config: dict) -> dict:
     def run():
         sweep.init_ray(cluster)
         curves.start_server(config)
-        sampler = optuna.samplers.TPESampler(seed=sweep_cfg["seed"], n_startup_trials=sweep.startup_trials(sweep_cfg))
+        sampler = sweep.make_sampler(sweep_cfg)
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(replay.replay_trial, base_config=config),
                                 {"cpu": cluster["cpus_per_trial"], "gpu": cluster["gpus_per_trial"]}),

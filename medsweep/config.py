@@ -204,12 +204,19 @@ class SweepConfig:
     # Optuna's own default (10) would leave every sweep of up to 10 trials a purely random search
     # (experiments/bench_tpe_startup.py: the best trial lands closer to the optimum from ~12 trials on).
     startup_trials: Optional[int] = None
+    # TPE with trials still running: true counts each running trial as a bad result at its point, so
+    # parallel proposals spread out instead of piling onto one (Optuna's advice for parallel workers).
+    # Measured on a simulated clock: experiments/bench_search_scale.py (docs/cluster.md).
+    constant_liar: bool = False
     # asha | hyperband (Ray's synchronous HyperBand brackets) | median (median stopping rule) |
     # fifo (no early stopping; "none" is the same). Which one wins: experiments/bench_search.py.
     scheduler: str = "asha"
     # ASHA / median: evaluations a trial always gets before it can be stopped.
     grace_period: int = 1
     reduction_factor: int = 2
+    # ASHA's brackets (asynchronous HyperBand): 1 is plain ASHA; n > 1 spreads trials over n brackets
+    # whose first rungs come later (grace_period x reduction_factor^k), hedging against early rankings.
+    brackets: int = 1
     # Retries of a failed trial, each from its last checkpoint (0: a failed trial stays failed).
     max_failures: int = 0
     # Nested like the config itself; a leaf is {type: loguniform|uniform|int|choice, ...}.
@@ -272,8 +279,11 @@ class PromoteConfig:
 class ReplayConfig:
     # Trials that replay a learning curve instead of training (medsweep/simulation/): the driver,
     # searcher, scheduler, leaderboard, trackers and report are the real ones. null: real training;
-    # lcbench: YAHPO Gym's LCBench surrogate (the `simulate` extra), at replay.task.
+    # lcbench: YAHPO Gym's LCBench surrogate (the `simulate` extra), at replay.task. table: medsweep's own
+    # recorded curves (experiments/record_curves.py; nearest recorded neighbours, simulation/table.py).
     source: Optional[str] = None
+    # replay.source=table: the curve table; null: the one shipped (MiniLM on Medical Abstracts, 2 CPU cores).
+    table: Optional[str] = None
     task: str = "3945"
     # The folder that holds lcbench/ (YAHPO Gym's surrogate data).
     data_path: Optional[str] = None
@@ -282,7 +292,8 @@ class ReplayConfig:
     # null: each evaluation sleeps its recorded seconds x time_scale. A number: every evaluation sleeps
     # that long (trials of equal length, for packing and throughput measurements).
     evaluation_s: Optional[float] = None
-    # Which config key drives each of the surrogate's hyperparameters; the others stay at its defaults.
+    # lcbench: which config key drives each of the surrogate's hyperparameters; the others stay at its
+    # defaults. (A table's parameters are medsweep's own keys: simulation/table.py KEYS.)
     # A value outside the surrogate's range is clipped to it.
     parameters: Dict[str, str] = field(default_factory=lambda: {
         "learning_rate": "trainer.learning_rate", "batch_size": "trainer.batch_size",
@@ -308,7 +319,7 @@ class ConfigError(ValueError):
 
 
 METRIC_MODES = ("max", "min")
-REPLAY_SOURCES = (None, "lcbench")
+REPLAY_SOURCES = (None, "lcbench", "table")
 FINETUNE_METHODS = ("full", "lora")
 DATA_FORMATS = ("csv", "jsonl", "parquet", "hf")
 CLASS_WEIGHTINGS = ("none", "balanced")
@@ -374,6 +385,7 @@ def validate(config: dict) -> None:
         (s["grace_period"] >= 1, "sweep.grace_period must be >= 1"),
         (s["time_budget_s"] is None or s["time_budget_s"] > 0, f"sweep.time_budget_s must be > 0 or null, got {s['time_budget_s']}"),
         (s["reduction_factor"] >= 2, "sweep.reduction_factor must be >= 2"),
+        (s["brackets"] >= 1, f"sweep.brackets must be >= 1, got {s['brackets']}"),
         (s["max_failures"] >= -1, "sweep.max_failures must be >= 0 (or -1: retry forever)"),
         (len(s["metrics"]) == len(s["modes"]), f"sweep.metrics and sweep.modes must have the same length, got {len(s['metrics'])} and {len(s['modes'])}"),
         (all(mode in METRIC_MODES for mode in s["modes"]), f"sweep.modes must each be one of {METRIC_MODES}, got {s['modes']}"),
@@ -391,7 +403,7 @@ def validate(config: dict) -> None:
         (c["simulate"]["nodes"] == 0 or c["address"] is None,
          "cluster.simulate.nodes starts its own Ray cluster: leave cluster.address null"),
         (c["simulate"]["nodes"] == 0 or config["replay"]["source"] is not None,
-         "a simulated cluster declares GPUs it does not have: its trials must replay curves (set replay.source=lcbench)"),
+         "a simulated cluster declares GPUs it does not have: its trials must replay curves (set replay.source=lcbench or table)"),
         (config["replay"]["source"] in REPLAY_SOURCES, f"replay.source must be null or one of {REPLAY_SOURCES[1:]}, got {config['replay']['source']!r}"),
         (config["replay"]["source"] is None or not p["enabled"],
          "replayed trials train no model to promote: set promote.enabled=false"),

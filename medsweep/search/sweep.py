@@ -103,7 +103,7 @@ def preflight(config: dict) -> Plan:
     if config["replay"]["source"] is not None:
         from medsweep.simulation import curves
 
-        curves.check_data(config["replay"])
+        curves.check_source(config)
     if cluster["simulate"]["nodes"]:
         if cluster["cpus_per_trial"] > cluster["simulate"]["cpus_per_node"]:
             raise ConfigError(f"cluster.cpus_per_trial={cluster['cpus_per_trial']} but each simulated node declares "
@@ -187,10 +187,7 @@ def build_searcher(config: dict, space: dict, experiment: str = SWEEP_EXPERIMENT
     # The given points, then the base configuration (never worse than not sweeping).
     points, _ = sweep_points(config)
     if space and sweep["searcher"] == "optuna":
-        import optuna
-
-        # TPE seeded: the same sweep proposes the same trials (up to Ray's scheduling order).
-        sampler = optuna.samplers.TPESampler(seed=sweep["seed"], n_startup_trials=startup_trials(sweep))
+        sampler = make_sampler(sweep)
         targets = objectives(config)
         # The study lives in storage others can read (study.py): a dashboard, another driver, a warm start.
         recorded = {"study_name": study.study_name(config), "storage": study.open_storage(study.storage_url(config)),
@@ -211,6 +208,15 @@ def build_searcher(config: dict, space: dict, experiment: str = SWEEP_EXPERIMENT
     # Tune ignores TuneConfig.max_concurrent_trials for this generator: it takes the limit itself.
     return BasicVariantGenerator(random_state=sweep["seed"], points_to_evaluate=nested or None,
                                  max_concurrent=sweep["max_concurrent"])
+
+
+def make_sampler(sweep: dict):
+    """The sweep's Optuna sampler: TPE, seeded (the same sweep proposes the same trials, up to Ray's
+    scheduling order), with sweep.startup_trials random trials first and sweep.constant_liar."""
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=sweep["seed"], n_startup_trials=startup_trials(sweep),
+                                      constant_liar=sweep["constant_liar"])
 
 
 def startup_trials(sweep: dict) -> int:
@@ -270,7 +276,8 @@ def build_scheduler(config: dict, num_train: int):
     if hint:
         print(f"[medsweep] early stopping: {hint}", flush=True)
     return ASHAScheduler(time_attr="training_iteration", max_t=max_t, **primary_only,
-                         grace_period=sweep["grace_period"], reduction_factor=sweep["reduction_factor"])
+                         grace_period=sweep["grace_period"], reduction_factor=sweep["reduction_factor"],
+                         brackets=sweep["brackets"])
 
 
 def first_rung_hint(config: dict) -> str | None:

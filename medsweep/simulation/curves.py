@@ -1,4 +1,5 @@
-"""Learning curves to replay: YAHPO Gym's LCBench surrogate, served by one Ray actor per sweep.
+"""Learning curves to replay, served by one Ray actor per sweep: YAHPO Gym's LCBench surrogate
+(replay.source=lcbench) or medsweep's own recorded curves (replay.source=table, table.py).
 
 The surrogate (an ONNX model plus ConfigSpace and pandas) costs ~100 MB and ~2 s to load: loaded
 in each of 128 trial processes it would need more memory than the simulated cluster itself. One
@@ -15,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from medsweep.config import ConfigError
+from medsweep.simulation import table
 
 LCBENCH_EPOCHS = 52  # every LCBench curve has 52 epochs
 SERVER_NAME = "medsweep-curves"
@@ -93,15 +95,26 @@ def lcbench_params(config: dict) -> dict:
     return params
 
 
+def check_source(config: dict) -> None:
+    """The replay source's data, checked before Ray starts (one line if it is missing or malformed)."""
+    if config["replay"]["source"] == "table":
+        table.check_table(config)
+    else:
+        check_data(config["replay"])
+
+
 def start_server(config: dict):
     """The sweep's curve server (a named Ray actor owned by the driver); the existing one if it runs."""
     import ray
 
     replay = config["replay"]
-    folder = check_data(replay)
     global _server
-    server = ray.remote(num_cpus=0)(LCBench).options(name=SERVER_NAME, get_if_exists=True, max_restarts=-1)
-    _server = server.remote(replay["task"], folder)
+    if replay["source"] == "table":
+        source, arguments = table.CurveTable, (table.table_path(replay).resolve(),)
+    else:
+        source, arguments = LCBench, (replay["task"], check_data(replay))
+    server = ray.remote(num_cpus=0)(source).options(name=SERVER_NAME, get_if_exists=True, max_restarts=-1)
+    _server = server.remote(*arguments)
     return _server
 
 
@@ -109,5 +122,6 @@ def curve_of(config: dict, evaluations: int) -> list[dict]:
     """A trial's curve, from the sweep's server."""
     import ray
 
+    params = table.table_params(config) if config["replay"]["source"] == "table" else lcbench_params(config)
     server = ray.get_actor(SERVER_NAME)
-    return ray.get(server.curve.remote(lcbench_params(config), evaluations))
+    return ray.get(server.curve.remote(params, evaluations))

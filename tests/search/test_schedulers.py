@@ -100,3 +100,38 @@ def test_embedded_ray_starts_no_idle_workers(monkeypatch):
         assert idle == []
     finally:
         ray.shutdown()
+
+
+def test_asha_brackets_hedge_with_later_first_rungs_and_a_bad_count_is_refused(tmp_path):
+    config = sweep_config(tmp_path, "sweep.num_trials=6", "trainer.evaluations=8", "sweep.brackets=3")
+    scheduler = build_scheduler(config, num_train=800)
+    # Bracket k's first rung at grace x rf^k: 1, 2 and 4 of 8 evaluations.
+    assert sorted(min(m for m, _ in bracket._rungs) for bracket in scheduler._brackets) == [1, 2, 4]
+    config["sweep"]["brackets"] = 0
+    with pytest.raises(ConfigError, match="sweep.brackets must be >= 1"):
+        validate(config)
+
+
+def test_constant_liar_reaches_the_sweeps_tpe_sampler(tmp_path):
+    import optuna
+
+    from medsweep.search.sweep import make_sampler
+
+    config = sweep_config(tmp_path, "sweep.num_trials=30", "sweep.constant_liar=true")
+    liar = make_sampler(config["sweep"])
+    assert liar._constant_liar and liar._n_startup_trials == 10
+    # A running trial's proposal makes the next proposal move away from it: lying spreads them out.
+    space = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+
+    def second_proposal(sampler):
+        study = optuna.create_study(sampler=sampler, direction="maximize")
+        for value in [0.1 * i for i in range(10)]:
+            study.add_trial(optuna.trial.create_trial(params={"x": value}, distributions=space,
+                                                      value=-(value - 0.5) ** 2))
+        first = study.ask(space)
+        second = study.ask(space)
+        return abs(first.params["x"] - second.params["x"])
+
+    gaps_liar = [second_proposal(make_sampler(dict(config["sweep"], seed=s))) for s in range(8)]
+    gaps_plain = [second_proposal(make_sampler(dict(config["sweep"], seed=s, constant_liar=False))) for s in range(8)]
+    assert sum(gaps_liar) > sum(gaps_plain)
