@@ -175,7 +175,8 @@ def bare_side(config: dict) -> dict:
                 metric=objective.metric, mode=objective.mode, num_samples=sweep_cfg["num_trials"],
                 search_alg=OptunaSearch(sampler=sampler), max_concurrent_trials=sweep_cfg["max_concurrent"],
                 scheduler=ASHAScheduler(time_attr="training_iteration", max_t=config["trainer"]["evaluations"],
-                                        grace_period=sweep_cfg["grace_period"], reduction_factor=sweep_cfg["reduction_factor"]),
+                                        grace_period=sweep.grace_period(sweep_cfg, config["trainer"]["evaluations"]),
+                                        reduction_factor=sweep_cfg["reduction_factor"]),
                 reuse_actors=cluster["reuse_actors"]),
             run_config=tune.RunConfig(name="bare", storage_path=str(storage.resolve()), verbose=0,
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))

@@ -206,13 +206,18 @@ class SweepConfig:
     startup_trials: Optional[int] = None
     # TPE with trials still running: true counts each running trial as a bad result at its point, so
     # parallel proposals spread out instead of piling onto one (Optuna's advice for parallel workers).
-    # Measured on a simulated clock: experiments/bench_search_scale.py (docs/cluster.md).
+    # Off by default: on a simulated clock it moved no figure at 8 or 32 slots, on LCBench or medsweep's
+    # own curves (experiments/bench_search_scale.py --variants; docs/cluster.md).
     constant_liar: bool = False
     # asha | hyperband (Ray's synchronous HyperBand brackets) | median (median stopping rule) |
     # fifo (no early stopping; "none" is the same). Which one wins: experiments/bench_search.py.
     scheduler: str = "asha"
-    # ASHA / median: evaluations a trial always gets before it can be stopped.
-    grace_period: int = 1
+    # ASHA / median: evaluations a trial always gets before it can be stopped. null: a third of a
+    # trial's evaluations, rounded up (ceil(max_t / 3): 2 of 4, 2 of 6, 3 of 8, 1 of 3). Measured on a
+    # simulated clock against 1 (the default before 2026-12-07), 2, 3, 4 and no stopping: best mean rank at
+    # 8 and 32 slots on 4 LCBench tasks and on medsweep's own curves, where a first rung at 1 of 4
+    # stopped the base configuration of a full fine-tune (docs/cluster.md, "Search settings by cluster size").
+    grace_period: Optional[int] = None
     reduction_factor: int = 2
     # ASHA's brackets (asynchronous HyperBand): 1 is plain ASHA; n > 1 spreads trials over n brackets
     # whose first rungs come later (grace_period x reduction_factor^k), hedging against early rankings.
@@ -382,7 +387,7 @@ def validate(config: dict) -> None:
         (s["searcher"] in ("optuna", "random"), f"sweep.searcher must be optuna or random, got {s['searcher']!r}"),
         (s["scheduler"] in SCHEDULERS, f"sweep.scheduler must be one of {SCHEDULERS}, got {s['scheduler']!r}"),
         (t["evaluations"] is None or t["evaluations"] >= 1, f"trainer.evaluations must be >= 1 or null, got {t['evaluations']}"),
-        (s["grace_period"] >= 1, "sweep.grace_period must be >= 1"),
+        (s["grace_period"] is None or s["grace_period"] >= 1, f"sweep.grace_period must be >= 1 or null, got {s['grace_period']}"),
         (s["time_budget_s"] is None or s["time_budget_s"] > 0, f"sweep.time_budget_s must be > 0 or null, got {s['time_budget_s']}"),
         (s["reduction_factor"] >= 2, "sweep.reduction_factor must be >= 2"),
         (s["brackets"] >= 1, f"sweep.brackets must be >= 1, got {s['brackets']}"),

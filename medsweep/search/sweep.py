@@ -269,15 +269,24 @@ def build_scheduler(config: dict, num_train: int):
         # best 1/reduction_factor continue from their checkpoint (tune_trial resumes from it).
         return HyperBandScheduler(time_attr="training_iteration", max_t=max_t,
                                   reduction_factor=sweep["reduction_factor"], **primary_only)
+    grace = grace_period(sweep, max_t)
     if name == "median":
-        return MedianStoppingRule(time_attr="training_iteration", grace_period=sweep["grace_period"],
+        return MedianStoppingRule(time_attr="training_iteration", grace_period=grace,
                                   min_samples_required=2, **primary_only)
     hint = first_rung_hint(config)
     if hint:
         print(f"[medsweep] early stopping: {hint}", flush=True)
     return ASHAScheduler(time_attr="training_iteration", max_t=max_t, **primary_only,
-                         grace_period=sweep["grace_period"], reduction_factor=sweep["reduction_factor"],
+                         grace_period=grace, reduction_factor=sweep["reduction_factor"],
                          brackets=sweep["brackets"])
+
+
+def grace_period(sweep: dict, max_t: int) -> int:
+    """The first rung, in evaluations: sweep.grace_period, or a third of a trial's evaluations
+    rounded up (what the simulated-clock measurements chose, config.py says where)."""
+    if sweep["grace_period"] is not None:
+        return sweep["grace_period"]
+    return max(1, math.ceil(max_t / 3))
 
 
 def first_rung_hint(config: dict) -> str | None:
@@ -285,8 +294,11 @@ def first_rung_hint(config: dict) -> str | None:
     warm-up: a rung there ranks how fast trials start, not how well they learn, and stops the slow
     starters (seen on lr_lora: three trials stopped at 16 steps, docs/benchmarks.md). None otherwise,
     and when rungs are not fractions of a trial (trainer.evaluations unset)."""
-    evaluations, grace = config["trainer"]["evaluations"], config["sweep"]["grace_period"]
-    if not evaluations or grace >= evaluations:
+    evaluations = config["trainer"]["evaluations"]
+    if not evaluations:
+        return None
+    grace = grace_period(config["sweep"], evaluations)
+    if grace >= evaluations:
         return None
     warmup = trainer_extreme(config, "warmup_ratio", largest=True)
     if grace / evaluations > warmup:

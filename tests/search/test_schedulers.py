@@ -103,7 +103,8 @@ def test_embedded_ray_starts_no_idle_workers(monkeypatch):
 
 
 def test_asha_brackets_hedge_with_later_first_rungs_and_a_bad_count_is_refused(tmp_path):
-    config = sweep_config(tmp_path, "sweep.num_trials=6", "trainer.evaluations=8", "sweep.brackets=3")
+    config = sweep_config(tmp_path, "sweep.num_trials=6", "trainer.evaluations=8", "sweep.brackets=3",
+                          "sweep.grace_period=1")
     scheduler = build_scheduler(config, num_train=800)
     # Bracket k's first rung at grace x rf^k: 1, 2 and 4 of 8 evaluations.
     assert sorted(min(m for m, _ in bracket._rungs) for bracket in scheduler._brackets) == [1, 2, 4]
@@ -135,3 +136,16 @@ def test_constant_liar_reaches_the_sweeps_tpe_sampler(tmp_path):
     gaps_liar = [second_proposal(make_sampler(dict(config["sweep"], seed=s))) for s in range(8)]
     gaps_plain = [second_proposal(make_sampler(dict(config["sweep"], seed=s, constant_liar=False))) for s in range(8)]
     assert sum(gaps_liar) > sum(gaps_plain)
+
+
+def test_the_default_first_rung_is_a_third_of_a_trials_evaluations(tmp_path):
+    from medsweep.search.sweep import grace_period
+
+    config = sweep_config(tmp_path, "sweep.num_trials=6")
+    assert config["sweep"]["grace_period"] is None
+    assert [grace_period(config["sweep"], e) for e in (1, 3, 4, 6, 8, 12)] == [1, 1, 2, 2, 3, 4]
+    config["trainer"]["evaluations"] = 8
+    scheduler = build_scheduler(config, num_train=800)
+    assert min(m for bracket in scheduler._brackets for m, _ in bracket._rungs) == 3
+    # Set, it is taken as it is.
+    assert grace_period(dict(config["sweep"], grace_period=1), 8) == 1
