@@ -14,7 +14,7 @@ install: ## Create $(VENV) and install medsweep with the CPU torch wheel and tes
 	$(VENV)/bin/pip install torch==2.13.0
 	$(VENV)/bin/pip install -e ".[dev]"
 
-test: ## Run the test suite (~12 min on 2 cores; slow tests excluded)
+test: ## Run the test suite (~11 min on 2 cores; slow tests excluded)
 	$(PYTHON) -m pytest -q
 
 test-faults: ## Run the tests that guard faults: kill/resume, signals, disk full, node loss, MLflow, a simulated cluster (~12 min on 2 cores)

@@ -231,6 +231,7 @@ VARIANTS = {  # medsweep's settings measured one at a time against the shipped o
     "grace_2": ["sweep.grace_period=2"],
     "grace_3": ["sweep.grace_period=3"],
     "grace_4": ["sweep.grace_period=4"],
+    "grace_1": ["sweep.grace_period=1"],
     "rf_3": ["sweep.reduction_factor=3"],
     "brackets_3": ["sweep.brackets=3"],
     "fifo": ["sweep.scheduler=fifo"],
@@ -247,13 +248,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 tasks, 1/8/32 slots, 3 seeds: < 10 min on 2 cores")
     parser.add_argument("--variants", nargs="*", default=None,
                         help=f"instead of the other tools: medsweep with each setting changed ({', '.join(VARIANTS)})")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds first-seed .. first-seed+seeds-1 (held-out seeds to check a setting chosen on 0..4)")
     parser.add_argument("--benchmarks", type=Path, default=BENCHMARKS)
     args = parser.parse_args()
     if args.quick:
         args.tasks, args.slots, args.seeds = ["lcbench:3945", "lcbench:34539", "table:lora"], [1, 8, 32], 3
     started = time.time()
     tasks = [Task(name, args.benchmarks) for name in args.tasks]
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     by_slots: dict[int, list[float]] = {}
     ranked: dict[int, dict[str, list[float]]] = {}
     for slots in args.slots:
