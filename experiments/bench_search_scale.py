@@ -39,9 +39,9 @@ tasks. The last line: `ratio=X.XX`, the median at 32 slots (goal <= 0.35; never 
 from __future__ import annotations
 
 import argparse
-import math
+import contextlib
+import io
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -130,14 +130,10 @@ def medsweep_config(task: Task, slots: int, trials: int, settings: list[str]) ->
 def medsweep_side(task: Task, slots: int, trials: int, settings: list[str], name: str = "medsweep") -> clock.Side:
     config = medsweep_config(task, slots, trials, settings)
     sweep = config["sweep"]
-    quiet = open("/dev/null", "w")
 
     def scheduler(evaluations: int):
-        stdout, sys.stdout = sys.stdout, quiet  # build_scheduler may print a first-rung hint per call
-        try:
+        with contextlib.redirect_stdout(io.StringIO()):  # build_scheduler may print a first-rung hint per call
             return clock.RayStopper(medsweep_sweep.build_scheduler(config, num_train=1))
-        finally:
-            sys.stdout = stdout
 
     return clock.Side(name, concurrency=lambda s: min(s, sweep["max_concurrent"]),
                       sampler=lambda seed: medsweep_sweep.make_sampler(dict(sweep, seed=seed)),
