@@ -47,7 +47,8 @@ def flatten(space: dict, prefix: str = "") -> dict[str, dict]:
     return leaves
 
 
-def _get(config: dict, path: str) -> Any:
+def get_path(config: dict, path: str) -> Any:
+    """The value at a dotted config key ("trainer.learning_rate"); KeyError(path) if absent."""
     node = config
     for part in path.split("."):
         if not isinstance(node, dict) or part not in node:
@@ -118,7 +119,7 @@ def build_search_space(space: dict, base_config: dict) -> dict:
     leaves = flatten(space)
     for path, spec in leaves.items():
         try:
-            _get(base_config, path)
+            get_path(base_config, path)
         except KeyError:
             raise ConfigError(f"search space {path}: no such config key to search over") from None
         condition = _condition(path)
@@ -129,7 +130,7 @@ def build_search_space(space: dict, base_config: dict) -> dict:
                 if searched.get("type") != "choice" or value not in (searched.get("values") or []):
                     raise ConfigError(f"search space {path} only applies when {key}={value}, "
                                       f"and the {key} dimension never draws {value}")
-            elif _get(base_config, key) != value:
+            elif get_path(base_config, key) != value:
                 raise ConfigError(f"search space {path} only applies when {key}={value}")
     finetune = leaves.get("model.finetune")
     if finetune is not None and finetune.get("type") == "choice" and not set(finetune.get("values") or []) <= set(FINETUNE_METHODS):
@@ -238,7 +239,7 @@ def base_point(space: dict, config: dict) -> tuple[dict | None, str]:
     """The configuration a sweep would train without searching: each dimension's value in the base
     config (the sweep file and the trainer defaults). Returns (point nested like the space, "") or
     (None, why not) when a base value lies outside its dimension, so the sweep cannot try it."""
-    values = {path: _get(config, path) for path in flatten(space)}
+    values = {path: get_path(config, path) for path in flatten(space)}
     active = active_dimensions(space, values)
     outside = [f"{path}={values[path]!r}" for path, spec in active.items() if not contains(spec, values[path])]
     if outside:
@@ -329,7 +330,7 @@ class SearchSpace:
         bound, or the base config's value when it is not searched."""
         spec = self.range(key)
         if spec is None:
-            return _get(base_config, key)
+            return get_path(base_config, key)
         if spec["type"] == "choice":
             return (max if largest else min)(spec["values"])
         return spec["upper"] if largest else spec["lower"]

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from medsweep.config import ConfigError
+from medsweep.search.space import get_path
 from medsweep.simulation import table
 
 LCBENCH_EPOCHS = 52  # every LCBench curve has 52 epochs
@@ -86,13 +87,7 @@ class LCBench:
 
 def lcbench_params(config: dict) -> dict:
     """The LCBench hyperparameters this trial's config sets, through replay.parameters."""
-    params = {}
-    for name, key in config["replay"]["parameters"].items():
-        node = config
-        for part in key.split("."):
-            node = node[part]
-        params[name] = node
-    return params
+    return {name: get_path(config, key) for name, key in config["replay"]["parameters"].items()}
 
 
 def check_source(config: dict) -> None:

@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 
 from medsweep.config import ConfigError
+from medsweep.search.space import get_path
 
 # The table's parameters and the config keys that set them (the table is medsweep's own: fixed mapping).
 KEYS = {"finetune": "model.finetune", "learning_rate": "trainer.learning_rate", "warmup_ratio": "trainer.warmup_ratio",
@@ -137,13 +138,7 @@ class CurveTable:
 
 def table_params(config: dict) -> dict:
     """The table's parameters as this trial's config sets them."""
-    params = {}
-    for name, key in KEYS.items():
-        node = config
-        for part in key.split("."):
-            node = node[part]
-        params[name] = node
-    return params
+    return {name: get_path(config, key) for name, key in KEYS.items()}
 
 
 def check_table(config: dict) -> CurveTable:
