@@ -59,6 +59,7 @@ def timed(cls, method: str, layer: str) -> None:
 
 
 def install_timers() -> None:
+    from ray.tune.execution.tune_controller import TuneController
     from ray.tune.search.optuna import OptunaSearch
 
     from medsweep.reporting import report, tracking
@@ -76,6 +77,9 @@ def install_timers() -> None:
     timed(study.StudyCloser, "on_experiment_end", "study close")
     timed(report, "write_report", "report")
     timed(tracking, "log_sweep", "trackers (sweep run)")
+    # Both sides: Tune's snapshot of its experiment state (the whole trial list as JSON, forced after
+    # every trial checkpoint when CheckpointConfig.num_to_keep is set), Ray's cost that grows with trials.
+    timed(TuneController, "save_to_dir", "ray: experiment state saves")
 
 
 class Sampler:
@@ -137,6 +141,7 @@ def measure(run, folder: Path) -> dict:
     return {"wall_s": wall, "trials": trials, "trials_per_s": trials / wall,
             "driver_cpu_s": (after.ru_utime - cpu.ru_utime) + (after.ru_stime - cpu.ru_stime),
             "peak_rss_mb": memory.peak / 1e6, "run_dir_mb": size_mb(folder),
+            "state_mb": max((f.stat().st_size for f in folder.rglob("experiment_state-*.json")), default=0) / 1e6,
             "layers": {layer: (sum(times), len(times), max(times)) for layer, times in TIMERS.items()}}
 
 
@@ -188,7 +193,7 @@ def bare_side(config: dict) -> dict:
 def show(name: str, result: dict) -> None:
     print(f"  {name:9s} wall {result['wall_s']:7.1f} s  {result['trials']} trials  {result['trials_per_s']:5.2f} trials/s  "
           f"driver CPU {result['driver_cpu_s']:6.1f} s  peak RSS {result['peak_rss_mb']:6.0f} MB  "
-          f"run dir {result['run_dir_mb']:6.1f} MB", flush=True)
+          f"run dir {result['run_dir_mb']:6.1f} MB (Tune's experiment state {result['state_mb']:.1f} MB)", flush=True)
     for layer, (seconds, calls, longest) in sorted(result["layers"].items(), key=lambda item: -item[1][0]):
         print(f"      {layer:22s} {seconds:8.2f} s  {calls:6d} calls  longest {longest * 1000:7.1f} ms", flush=True)
 

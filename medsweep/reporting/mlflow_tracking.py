@@ -177,9 +177,12 @@ class MlflowTracker(Tracker):
 
     def close_trial(self, run, best: dict, summary: dict, status: str) -> None:
         try:
+            from mlflow.entities import RunTag
+
+            # One batch for the best values and the status tag: each store call is a transaction.
             self.client.log_batch(run, metrics=_metrics(best, summary.get("best_step") or 0, prefix="best_")
-                                  + _metrics({"evaluations": summary["evaluations"]}, 0))
-            self.client.set_tag(run, "medsweep.status", status)
+                                  + _metrics({"evaluations": summary["evaluations"]}, 0),
+                                  tags=[RunTag("medsweep.status", status)])
         finally:
             self.client.set_terminated(run, END_STATUS.get(status, "FINISHED"))
 

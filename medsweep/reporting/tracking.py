@@ -16,19 +16,17 @@ plots, metrics and the model. Text (validation examples with predictions) is log
 
 from __future__ import annotations
 
-import logging
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 from medsweep.evaluation.metrics import METRIC_NAMES, WORST_GROUP_METRIC_NAMES
 from medsweep.plan import primary
+from medsweep.reporting import tracker_process
 from medsweep.reporting.trackers import Tracker
 from medsweep.reporting.wandb_tracking import WandbTracker, wandb_enabled
 from medsweep.rundir import RunDir
 from medsweep.search.leaderboard import TrialResults
 from medsweep.search.space import apply_overrides
-
-log = logging.getLogger(__name__)
 
 # What a trial run's history gets from each evaluation; everything else in Ray's result is dropped.
 TRIAL_HISTORY_KEYS = (*(f"val_{name}" for name in METRIC_NAMES + WORST_GROUP_METRIC_NAMES), "epoch", "evaluation",
@@ -61,48 +59,37 @@ def check(config: dict) -> None:
 class TrialRuns(TrialResults):
     """One tracker run per trial, written from the driver as Ray reports results.
 
-    The tracker's calls run in order on one background thread: opening a W&B run alone takes
-    0.3-0.6 s, and made in Tune's event loop it held every trial's results back (1,000 trials with
-    W&B offline: the driver's loop spent ~10 minutes in tracker calls, experiments/bench_cluster.py).
-    finish_all() waits for every call to be done. A failing tracker call is a warning: it costs that
-    trial's tracker run, never the sweep."""
+    The tracker's calls run in order in one child process (tracker_process.py), started at the first
+    call: opening a W&B run took 0.3-0.6 s, and made in Tune's event loop it held every trial's
+    results back (1,000 trials with W&B offline: ~10 minutes of the loop in tracker calls); made on
+    a thread of the driver, W&B's and MLflow's Python work still took the driver's GIL, and every
+    journal write of the Optuna study waited for it (200 trials on 32 slots with MLflow: 1.44x the
+    bare Tuner's wall time; experiments/bench_cluster.py). finish_all() waits for every call to be
+    done. A failing tracker call is a warning: it costs that trial's tracker run, never the sweep."""
 
     def __init__(self, config: dict, tracker: Tracker | None = None):
         objective = primary(config)  # a trial run's best evaluation is the one the sweep ranks by
         super().__init__(objective.metric, objective.mode)
         self.config = config
         self.tracker = tracker or backend(config)
-        self.runs: dict[str, Future] = {}  # trial id -> the future of its open run
-        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medsweep-tracker")
+        self.runs: dict[str, Future] = {}  # trial id -> the future of opening its run
+        self.writer = None
 
     def __getstate__(self):
-        # Tune pickles its callbacks with the experiment (tuner.pkl): a thread and open runs stay here.
+        # Tune pickles its callbacks with the experiment (tuner.pkl): the child process and open runs stay here.
         return {**self.__dict__, "writer": None, "runs": {}}
 
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medsweep-tracker")
-
     def _later(self, call, *args) -> Future:
-        def guarded():
-            try:
-                return call(*args)
-            except Exception as exc:  # noqa: BLE001  a tracker's failure must not cost the sweep
-                log.warning("tracker call %s failed (%s: %s)", getattr(call, "__name__", call), type(exc).__name__, exc)
-                return None
-
-        return self.writer.submit(guarded)
+        if self.writer is None:
+            self.writer = tracker_process.start(self.tracker)
+        return tracker_process.submit(self.writer, call, *args)
 
     def _run(self, trial) -> Future:
         if trial.trial_id not in self.runs:
             resolved = apply_overrides(self.config, trial.config)
-            self.runs[trial.trial_id] = self._later(self.tracker.open_trial, self.config, trial.trial_id, resolved,
+            self.runs[trial.trial_id] = self._later(tracker_process.open_trial, self.config, trial.trial_id, resolved,
                                                     trial.config)
         return self.runs[trial.trial_id]
-
-    def _with_run(self, opened: Future, call, *args) -> None:
-        # The one writer thread runs calls in order: `opened` is done by the time this call runs.
-        self._later(lambda: None if opened.result() is None else call(opened.result(), *args))
 
     # --- Ray Tune callback hooks -----------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -110,8 +97,9 @@ class TrialRuns(TrialResults):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         step = int(result.get("step", result["training_iteration"]))  # the optimizer step, when the trial says
-        self._with_run(self._run(trial), self.tracker.log_evaluation,
-                       {k: result[k] for k in TRIAL_HISTORY_KEYS if k in result}, step)
+        self._run(trial)
+        self._later(tracker_process.log_evaluation, trial.trial_id,
+                    {k: result[k] for k in TRIAL_HISTORY_KEYS if k in result}, step)
         super().on_trial_result(iteration, trials, trial, result, **info)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -121,25 +109,28 @@ class TrialRuns(TrialResults):
         self.finish(trial.trial_id, "error")
 
     def on_experiment_end(self, trials, **info):
+        for trial_id in list(self.runs):
+            self.finish(trial_id, "unfinished")
+        self._later(tracker_process.settle_lost, self.config, {trial.trial_id for trial in trials})
         self.finish_all()
-        self._later(self.tracker.settle_lost, self.config, {trial.trial_id for trial in trials}).result()
 
     # --- finishing ---------------------------------------------------------------------------------
     def finish(self, trial_id: str, status: str) -> None:
-        opened = self.runs.pop(trial_id, None)
-        if opened is None:
+        if self.runs.pop(trial_id, None) is None:
             return
         best = self.best.get(trial_id, {})
-        self._with_run(opened, self.tracker.close_trial, {k: best[k] for k in TRIAL_HISTORY_KEYS if k in best},
-                       {"best_step": best.get("step"), "evaluations": self.evaluations.get(trial_id, 0),
-                        "status": status}, status)
+        self._later(tracker_process.close_trial, trial_id, {k: best[k] for k in TRIAL_HISTORY_KEYS if k in best},
+                    {"best_step": best.get("step"), "evaluations": self.evaluations.get(trial_id, 0),
+                     "status": status}, status)
 
     def finish_all(self) -> None:
         """Close every run still open (an interrupted sweep), then wait for every tracker call:
         called when an experiment ends and from run.py's `finally`."""
         for trial_id in list(self.runs):
             self.finish(trial_id, "unfinished")
-        self._later(lambda: None).result()
+        if self.writer is not None:
+            tracker_process.stop(self.writer)  # waits for the calls queued; the next call starts a new one
+            self.writer = None
 
 
 def trial_callbacks(config: dict) -> list:

@@ -14,7 +14,7 @@ under `<tracker.dir or run dir>/wandb/offline-run-*` and uploaded later with `wa
 Ray's own WandbLoggerCallback also logs from the driver side, but it records only the sampled
 parameters as config, keeps the last (not the best) values in the summary, starts two actors per
 trial and needs WANDB_MODE in the environment to run without a key; wandb's multi-run support
-(`reinit="create_new"`) does the job in the driver process (tracking.TrialRuns).
+(`reinit="create_new"`) does the job in the driver's tracker process (tracking.TrialRuns).
 
 Console capture is off, so nothing a library prints (an error message quoting an input, say)
 reaches the tracker.
@@ -79,12 +79,16 @@ def init_run(config: dict, *, job_type: str, name: str, run_config: dict):
     return wandb.init(
         project=tracker["project"], entity=tracker["entity"], mode=tracker["mode"], dir=str(directory),
         group=config["sweep"]["name"], job_type=job_type, name=name, config=run_config,
-        # Several trial runs are open at once in the driver process.
+        # Several trial runs are open at once in the driver's tracker process.
         reinit="create_new",
         settings=wandb.Settings(
             console="off", silent=True, save_code=False,
             # System metrics would be the driver's machine, not the trial's: misleading on a cluster.
             x_disable_stats=True,
+            # The driver's installed packages are the same for every run of a sweep: the sweep run
+            # records them once. Listing them parses every package's metadata, ~150 ms of the
+            # driver's CPU per trial run (8x the rest of wandb.init; experiments/bench_cluster.py).
+            x_save_requirements=job_type != "trial",
         ),
     )
 

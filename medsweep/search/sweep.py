@@ -16,7 +16,7 @@ from medsweep.config import ConfigError, validate
 from medsweep.evaluation.metrics import BINARY_METRIC_NAMES, METRIC_NAMES, PER_CLASS_F1, WORST_GROUP_METRIC_NAMES, metric_names
 from medsweep.plan import Plan, objectives, primary
 from medsweep.rundir import EXTENDED_EXPERIMENT, SWEEP_EXPERIMENT, RunDir
-from medsweep.search import driver, resources, study
+from medsweep.search import driver, resources, resume, study
 from medsweep.search.space import SearchSpace, apply_overrides, sweep_points
 from medsweep.training.imbalance import max_training_rows
 from medsweep.training.model import check_available, check_lora_targets
@@ -361,8 +361,11 @@ def console(config: dict, parameters: dict[str, str], metrics: dict[str, str], s
     later = (min(promote["top_k"], sweep["num_trials"]) * len(promote["seeds"])
              if promote["enabled"] and promote["seeds"] and sweep["num_trials"] > 1 and not seed_reruns else 0)
     objective = primary(config)
+    # A replayed trial (medsweep/simulation) tells no optimizer steps: no board, no steps column, and
+    # no waiting up to 4 s for the board's last answer at the end.
     return SweepConsole(parameters, metrics, objective.metric, objective.mode, concurrency=sweep["max_concurrent"],
-                        later_trials=later, later_s=PROMOTION_S if promote["enabled"] else 0.0)
+                        later_trials=later, later_s=PROMOTION_S if promote["enabled"] else 0.0,
+                        board=config["replay"]["source"] is None)
 
 
 def trial_function(config: dict):
@@ -406,6 +409,9 @@ def run_sweep(plan: Plan, trainable_fn=None, callbacks: list = (), experiment: s
         # kept; unfinished ones continue from their last checkpoint; Optuna's state is restored.
         print(f"[medsweep] resuming the sweep in {experiment}: {len(leaderboard.rows)} trial(s) already finished",
               flush=True)
+        repaired = resume.reconcile(experiment, plan.run_dir.root)
+        if repaired:
+            print(f"[medsweep] the killed driver's saved search state and trial list disagreed: {repaired}", flush=True)
         restored = tune.Tuner.restore(experiment, trainable=trainable_of(config, trainable_fn), param_space=param_space,
                                       resume_unfinished=True, resume_errored=False, restart_errored=False)
         return driver.fit(restored, sweep["num_trials"], "sweep")

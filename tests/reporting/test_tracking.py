@@ -113,6 +113,8 @@ def test_one_offline_run_per_trial_with_config_history_and_best_summary(wandb_sw
         assert run.summary["best_val_f1_macro"] == pytest.approx(max(h["val_f1_macro"] for h in evaluations))
         assert run.summary["best_step"] == int(row["best_step"]) and run.summary["status"] == row["status"]
     assert f"wandb sync {run_dir / 'wandb'}/offline-run-*" in proc.stdout
+    # The driver's package list is recorded once, on the sweep run (it costs ~150 ms of driver CPU per run).
+    assert [(r.folder / "files" / "requirements.txt").is_file() for r in runs] == [r.job_type == "sweep" for r in runs]
 
 
 def test_sweep_run_logs_leaderboard_table_plots_and_best_model_artifact(wandb_sweep):
