@@ -11,7 +11,9 @@ from tests.conftest import run_cli
 from tests.simulation.test_cluster_in_a_box import BENCHMARKS
 
 pytest.importorskip("yahpo_gym", reason="needs the simulate extra: pip install -e '.[simulate]'")
-pytestmark = pytest.mark.skipif(not (BENCHMARKS / "lcbench" / "model.onnx").is_file(), reason="needs lcbench/")
+# Two real sweeps (~1 minute): CI's fault stage, not the default suite.
+pytestmark = [pytest.mark.slow, pytest.mark.faults,
+              pytest.mark.skipif(not (BENCHMARKS / "lcbench" / "model.onnx").is_file(), reason="needs lcbench/")]
 
 
 def rows(run_dir):
