@@ -4,6 +4,7 @@ retry, a killed driver resumed by the same command. Real Ray, real training, loo
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -204,6 +205,14 @@ def test_disk_full_while_saving_a_checkpoint_fails_the_trial_and_keeps_the_promo
     assert load_promoted(run_dir / "promoted").predict(["Acute myocardial infarction."]).shape[0] == 1
 
 
+def driver_lines(err: str) -> str:
+    """The driver's own stderr: without the lines Ray forwards from its worker processes, prefixed
+    "(<task or actor> pid=N)". A worker that a signal stops inside a weakref callback prints Python's
+    "Exception ignored ... Traceback ... SystemExit" there (Ray's shutdown, seen once in CI's fault stage):
+    not the driver's traceback, which is what the assertions below look for."""
+    return "\n".join(line for line in err.splitlines() if not re.search(r"\(\w+ pid=\d+(, ip=[\d.]+)?\)", line))
+
+
 def signal_driver(args: list[str], tmp_path: Path, ready, signum, before_signal=lambda driver: None,
                   deadline_s: float = 240) -> tuple[int, str]:
     """Start `python -m medsweep.run ARGS`, wait until `ready()`, call `before_signal(driver)`, send
@@ -249,7 +258,7 @@ def test_a_signal_stops_the_sweep_cleanly_and_the_same_command_resumes(tmp_path,
     code, err = signal_driver(args, tmp_path, lambda: (run_dir / "leaderboard.csv").exists() and leaderboard(run_dir),
                               signum, refused_while_running)
     assert code == {signal.SIGTERM: 143, signal.SIGINT: 130}[signum], err[-3000:]
-    assert "sweep interrupted" in err and "run the same command to resume" in err and "Traceback" not in err
+    assert "sweep interrupted" in err and "run the same command to resume" in err and "Traceback" not in driver_lines(err)
     assert not (run_dir / "promoted").exists()
     finished = {r["trial_id"] for r in leaderboard(run_dir)}
 
@@ -288,7 +297,7 @@ def test_a_signal_during_the_seed_reruns_stops_cleanly_and_the_same_command_resu
 
     code, err = signal_driver(args, tmp_path, lambda: bool(finished_reruns()), signum, deadline_s=400)
     assert code == {signal.SIGTERM: 143, signal.SIGINT: 130}[signum], err[-3000:]
-    assert "interrupted" in err and "run the same command to resume" in err and "Traceback" not in err
+    assert "interrupted" in err and "run the same command to resume" in err and "Traceback" not in driver_lines(err)
     assert not (run_dir / "promoted").exists()
     done = finished_reruns()
     assert 1 <= len(done) < 4
