@@ -72,24 +72,23 @@ class TrialRuns(TrialResults):
         super().__init__(objective.metric, objective.mode)
         self.config = config
         self.tracker = tracker or backend(config)
-        self.runs: dict[str, Future] = {}  # trial id -> the future of opening its run
+        self.runs: set[str] = set()  # trials whose run is open (in the tracker process)
         self.writer = None
 
     def __getstate__(self):
         # Tune pickles its callbacks with the experiment (tuner.pkl): the child process and open runs stay here.
-        return {**self.__dict__, "writer": None, "runs": {}}
+        return {**self.__dict__, "writer": None, "runs": set()}
 
     def _later(self, call, *args) -> Future:
         if self.writer is None:
             self.writer = tracker_process.start(self.tracker)
         return tracker_process.submit(self.writer, call, *args)
 
-    def _run(self, trial) -> Future:
+    def _run(self, trial) -> None:
         if trial.trial_id not in self.runs:
-            resolved = apply_overrides(self.config, trial.config)
-            self.runs[trial.trial_id] = self._later(tracker_process.open_trial, self.config, trial.trial_id, resolved,
-                                                    trial.config)
-        return self.runs[trial.trial_id]
+            self.runs.add(trial.trial_id)
+            self._later(tracker_process.open_trial, self.config, trial.trial_id,
+                        apply_overrides(self.config, trial.config), trial.config)
 
     # --- Ray Tune callback hooks -----------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -116,8 +115,9 @@ class TrialRuns(TrialResults):
 
     # --- finishing ---------------------------------------------------------------------------------
     def finish(self, trial_id: str, status: str) -> None:
-        if self.runs.pop(trial_id, None) is None:
+        if trial_id not in self.runs:
             return
+        self.runs.discard(trial_id)
         best = self.best.get(trial_id, {})
         self._later(tracker_process.close_trial, trial_id, {k: best[k] for k in TRIAL_HISTORY_KEYS if k in best},
                     {"best_step": best.get("step"), "evaluations": self.evaluations.get(trial_id, 0),

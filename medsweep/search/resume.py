@@ -16,7 +16,6 @@ read and write the file Tuner.restore loads next.
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -32,18 +31,9 @@ def saved_trials(experiment: Path) -> dict[str, str]:
     return {trial["trial_id"]: trial["status"] for trial in trials}
 
 
-def finished_rows(run_dir: Path) -> set[str]:
-    """The trial ids the leaderboard holds (every one a finished trial)."""
-    try:
-        with open(run_dir / "leaderboard.csv", newline="") as f:
-            return {row["trial_id"] for row in csv.DictReader(f)}
-    except FileNotFoundError:
-        return set()
-
-
-def reconcile(experiment: str, run_dir: Path) -> str | None:
+def reconcile(experiment: str, finished: set[str]) -> str | None:
     """Make the newest search state agree with the newest trial list (see the module docstring);
-    returns what was changed, in words, or None. An experiment on remote storage (a URI) is left
+    `finished`: the trial ids the leaderboard holds. Returns what was changed, in words, or None. An experiment on remote storage (a URI) is left
     as it is: Tune's upload there is the same copy, but this reads local files."""
     from ray.tune.search.search_generator import SearchGenerator
     from ray.tune.utils.util import _atomic_save, _load_newest_checkpoint
@@ -56,7 +46,7 @@ def reconcile(experiment: str, run_dir: Path) -> str | None:
     state = _load_newest_checkpoint(str(experiment), pattern) if trials else None
     if not state or "counter" not in state:
         return None
-    created = len(trials) + len(finished_rows(run_dir) - set(trials))
+    created = len(trials) + len(finished - set(trials))
     changes = []
     if state["counter"] != created:
         changes.append(f"trials created {state['counter']} -> {created}")

@@ -409,7 +409,7 @@ def run_sweep(plan: Plan, trainable_fn=None, callbacks: list = (), experiment: s
         # kept; unfinished ones continue from their last checkpoint; Optuna's state is restored.
         print(f"[medsweep] resuming the sweep in {experiment}: {len(leaderboard.rows)} trial(s) already finished",
               flush=True)
-        repaired = resume.reconcile(experiment, plan.run_dir.root)
+        repaired = resume.reconcile(experiment, set(leaderboard.rows))
         if repaired:
             print(f"[medsweep] the killed driver's saved search state and trial list disagreed: {repaired}", flush=True)
         restored = tune.Tuner.restore(experiment, trainable=trainable_of(config, trainable_fn), param_space=param_space,
