@@ -6,12 +6,18 @@ the same simulated Ray nodes, declaring GPUs this machine does not have, in one 
 - medsweep: `medsweep.run.execute`, the whole driver: preflight, the Optuna journal study, the
   scheduler, leaderboard, console, trackers (--trackers), the report at the end;
 - bare: a `tune.Tuner` with the same trainable, resources, search space, sampler (TPE, same seed,
-  Optuna's in-memory storage), ASHA settings and checkpoint keeping, and nothing else.
+  Optuna's in-memory storage) and ASHA settings, and nothing else, in two checkpoint keepings:
+  `bare-keep1` keeps one checkpoint per trial as Ray's docs show (CheckpointConfig(num_to_keep=1):
+  Ray then saves its whole experiment state after every trial checkpoint), `bare` keeps them all
+  (num_to_keep=None: Ray saves on its own clock, as medsweep's driver does with
+  --periodic-saves, cluster.periodic_saves=true; medsweep's default keeps one). The ratio is taken
+  against `bare`, the faster, and against `bare-keep1`, medsweep's default's policy.
 
 What it prints per side: wall seconds, trials/s, the driver process's CPU seconds and peak RSS (sampled),
 the run dir's size, and each medsweep layer's time (class methods wrapped with timers: leaderboard,
 console, searcher, study, trackers, report). The last line is `driver_ratio=X.XX`: medsweep wall over
-bare wall at the largest --trials, median over --repeats (goal <= 1.10 at 1,000 trials, trackers on).
+`bare` wall at the largest --trials, median over --repeats (goal <= 1.10 at 1,000 trials, trackers on);
+the ratio over `bare-keep1` is printed above it.
 
     pip install -e '.[simulate,mlflow]' wandb
     python experiments/bench_cluster.py --quick          # 200 trials at 32 slots, W&B offline: ~7 min on 2 cores
@@ -123,6 +129,8 @@ def overrides(args, slots: int, trials: int, tracker: str) -> list[str]:
               f"cluster.simulate.cpus_per_node={4 * gpus_per_node}",
               f"sweep.num_trials={trials}", f"sweep.max_concurrent={slots}", f"replay.task={args.tasks[0]}",
               f"replay.time_scale={args.scale}", f"sweep.seed={args.seed}"]
+    if getattr(args, "periodic_saves", False):
+        chosen += ["cluster.periodic_saves=true"]
     if tracker == "wandb":
         chosen += ["tracker=wandb", "tracker.mode=offline"]
     elif tracker == "mlflow":
@@ -153,7 +161,7 @@ def medsweep_side(config: dict) -> dict:
     return measure(run, Path(config["run_dir"]))
 
 
-def bare_side(config: dict) -> dict:
+def bare_side(config: dict, keep: int | None = None) -> dict:
     """A Tuner as a Ray Tune user would write it, with medsweep's trainable, resources and settings."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -184,7 +192,7 @@ def bare_side(config: dict) -> dict:
                                         reduction_factor=sweep_cfg["reduction_factor"]),
                 reuse_actors=cluster["reuse_actors"]),
             run_config=tune.RunConfig(name="bare", storage_path=str(storage.resolve()), verbose=0,
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=keep)))
         return len(tuner.fit())
 
     return measure(run, storage)
@@ -206,6 +214,10 @@ def main() -> None:
     parser.add_argument("--trackers", nargs="+", default=["wandb"], choices=["none", "wandb", "mlflow"],
                         help="one medsweep side per tracker (medsweep takes one tracker per run)")
     parser.add_argument("--scale", type=float, default=0.001, help="replay.time_scale (0.001: a 300 s curve in 0.3 s)")
+    parser.add_argument("--bare", nargs="+", default=["bare", "bare-keep1"], choices=["bare", "bare-keep1"],
+                        help="bare Tuner sides: all checkpoints kept, or num_to_keep=1 (see above)")
+    parser.add_argument("--periodic-saves", action="store_true",
+                        help="medsweep sides with cluster.periodic_saves=true (Ray saves its state on its own clock)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="200 trials at 32 slots, W&B offline")
@@ -224,18 +236,21 @@ def main() -> None:
                 for repeat in range(args.repeats):
                     sides = {}
                     # Alternate which side runs first: the first one also pays for starting the nodes' workers.
-                    order = ["bare", *args.trackers] if repeat % 2 == 0 else [*args.trackers, "bare"]
+                    order = [*args.bare, *args.trackers] if repeat % 2 == 0 else [*args.trackers, *args.bare]
                     for side in order:
                         folder = root / f"{slots}_{trials}_{repeat}_{side}"
-                        config = compose(overrides(args, slots, trials, "none" if side == "bare" else side), folder)
-                        sides[side] = (bare_side if side == "bare" else medsweep_side)(config)
+                        bare = side.startswith("bare")
+                        config = compose(overrides(args, slots, trials, "none" if bare else side), folder)
+                        sides[side] = (bare_side(config, 1 if side == "bare-keep1" else None) if bare
+                                       else medsweep_side(config))
                         simulated.stop()  # each side starts its own nodes: no warm workers handed over
                         shutil.rmtree(folder / "wandb", ignore_errors=True)
                         # Printed as each side ends: a long run stopped by hand keeps what it measured.
                         print(f"slots={slots} trials={trials} repeat={repeat + 1}", flush=True)
                         show(side, sides[side])
                     for tracker in args.trackers:
-                        ratios[(slots, trials, tracker)].append(sides[tracker]["wall_s"] / sides["bare"]["wall_s"])
+                        for bare in args.bare:
+                            ratios[(slots, trials, tracker, bare)].append(sides[tracker]["wall_s"] / sides[bare]["wall_s"])
     except BaseException:
         print(f"stopped; the run dirs are kept in {root}", flush=True)
         raise
@@ -244,11 +259,12 @@ def main() -> None:
     finally:
         simulated.stop()
     print("medsweep wall / bare Tuner wall (median [min, max] over repeats):")
-    for (slots, trials, tracker), values in ratios.items():
-        print(f"  slots={slots} trials={trials} tracker={tracker}: {statistics.median(values):.3f} "
+    for (slots, trials, tracker, bare), values in ratios.items():
+        print(f"  slots={slots} trials={trials} tracker={tracker} vs {bare}: {statistics.median(values):.3f} "
               f"[{min(values):.3f}, {max(values):.3f}]")
     largest = max(args.trials)
-    worst = max(statistics.median(v) for (s, t, _), v in ratios.items() if t == largest)
+    against = "bare" if "bare" in args.bare else args.bare[0]
+    worst = max(statistics.median(v) for (s, t, _, b), v in ratios.items() if t == largest and b == against)
     print(f"driver_ratio={worst:.2f}")
 
 

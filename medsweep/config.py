@@ -183,6 +183,14 @@ class ClusterConfig:
     # process that imports torch and transformers again (8 s saved per trial on 2 cores:
     # experiments/bench_reuse.py).
     reuse_actors: bool = True
+    # Ray saves its whole experiment state (~20 KB a trial) after every trial checkpoint when a trial
+    # keeps one (num_to_keep): half the driver's time from a few hundred short trials on. true lets Ray
+    # save on its own clock (every 10 s or more; search/checkpoints.py then deletes a finished trial's
+    # other checkpoints): 1,000 replayed trials ran 2.7x faster (docs/benchmarks.md). The price, after
+    # a kill -9 only: trials that started and ended since Ray's last save are not in its saved state,
+    # so the resume neither re-runs them nor hears of them again, and the rows, tracker runs and
+    # result.json written in their last second can be missing (docs/cluster.md). Off by default.
+    periodic_saves: bool = False
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
 
 

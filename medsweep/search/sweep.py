@@ -16,7 +16,7 @@ from medsweep.config import ConfigError, validate
 from medsweep.evaluation.metrics import BINARY_METRIC_NAMES, METRIC_NAMES, PER_CLASS_F1, WORST_GROUP_METRIC_NAMES, metric_names
 from medsweep.plan import Plan, objectives, primary
 from medsweep.rundir import EXTENDED_EXPERIMENT, SWEEP_EXPERIMENT, RunDir
-from medsweep.search import driver, resources, resume, study
+from medsweep.search import checkpoints, driver, resources, resume, study
 from medsweep.search.space import SearchSpace, apply_overrides, sweep_points
 from medsweep.training.imbalance import max_training_rows
 from medsweep.training.model import check_available, check_lora_targets
@@ -314,12 +314,13 @@ def first_rung_hint(config: dict) -> str | None:
 def build_tuner(config: dict, function, param_space: dict, name: str, *, tune_config: dict, reporter,
                 callbacks: list = (), trainable_kwargs: dict | None = None, stop=None):
     """The one place a Tuner is made, for the sweep and for the seed re-runs: the same trainable
-    resources, storage, checkpoint keeping (one checkpoint per trial, its best evaluation by the
-    primary metric: what promotion needs; Ray also keeps each trial's latest, to resume from),
-    retries and console."""
+    resources, storage, checkpoint keeping (a finished trial keeps its best evaluation by the primary
+    metric, what promotion needs, and its latest, to resume from; checkpoints.py with
+    cluster.periodic_saves), retries and console."""
     from ray import tune
 
     sweep, objective = config["sweep"], primary(config)
+    periodic = config["cluster"]["periodic_saves"]
     return tune.Tuner(
         trainable_of(config, function, **(trainable_kwargs or {})),
         param_space=param_space,
@@ -327,11 +328,14 @@ def build_tuner(config: dict, function, param_space: dict, name: str, *, tune_co
         run_config=tune.RunConfig(
             name=name,
             storage_path=RunDir.of(config).ray_storage,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=objective.metric,
+            # num_to_keep=1 makes Ray save its whole experiment state after every trial checkpoint;
+            # cluster.periodic_saves: Ray keeps them all and KeepBest deletes a finished trial's others.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if periodic else 1,
+                                                    checkpoint_score_attribute=objective.metric,
                                                     checkpoint_score_order=objective.mode),
             # A failed trial (node lost, transient error) is retried from its last checkpoint.
             failure_config=tune.FailureConfig(max_failures=sweep["max_failures"]),
-            callbacks=list(callbacks),
+            callbacks=[*callbacks, *([checkpoints.KeepBest()] if periodic else [])],
             stop=stop,
             progress_reporter=reporter,
             verbose=1,
