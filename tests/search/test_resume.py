@@ -59,36 +59,3 @@ def test_a_search_state_saved_ahead_of_the_trial_list_is_reconciled_and_every_tr
     assert not dropped & {row["trial_id"] for row in final}
     assert {row["trial_id"]: row["best_value"] for row in kept}.items() <= {r["trial_id"]: r["best_value"] for r in final}.items()
 
-
-def test_trials_finished_after_the_last_save_are_not_run_again(tmp_path):
-    """Tune saves its state on its own clock (search/checkpoints.py): a trial can finish (leaderboard
-    row, study told) after the last save, which still has it running from an earlier checkpoint."""
-    from ray.tune.utils.util import _atomic_save, _load_newest_checkpoint
-
-    run_dir = tmp_path / "run"
-    args = ["+sweep=replay_lcbench", f"replay.data_path={BENCHMARKS}", "sweep.num_trials=6", "sweep.max_concurrent=3",
-            "sweep.scheduler=fifo", "trainer.evaluations=3", "replay.evaluation_s=0.2", f"hydra.run.dir={run_dir}"]
-    first = run_cli(*args, timeout=300)
-    assert first.returncode == 0, first.stderr[-2000:]
-    experiment = run_dir / "ray" / "sweep"
-    (state_file,) = experiment.glob("experiment_state-*.json")
-    state = json.loads(state_file.read_text())
-    late = set()
-    for entry in state["trial_data"][-2:]:
-        trial = json.loads(entry[0])
-        trial["status"] = "RUNNING"
-        entry[0] = json.dumps(trial)
-        late.add(trial["trial_id"])
-    state_file.write_text(json.dumps(state))
-    (search_file,) = experiment.glob("search_gen_state-*.json")
-    search = _load_newest_checkpoint(str(experiment), "search_gen_state-*.json")
-    search["name:ConcurrencyLimiter"].update(live_trials=set(late), num_unfinished_live_trials=2)
-    _atomic_save(search, str(experiment), search_file.name, f"tmp-{search_file.name}")
-    before = {path.parent.name: path.read_text() for path in experiment.glob("*/result.json")}
-
-    again = run_cli(*args, timeout=300)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "2 finished trial(s) the saved list had running, live trials 2 -> 0" in again.stdout
-    assert len(rows(run_dir)) == 6
-    # Nothing ran again: every trial's results are as the first driver left them.
-    assert {path.parent.name: path.read_text() for path in experiment.glob("*/result.json")} == before

@@ -61,11 +61,12 @@ def test_a_driver_killed_half_way_resumes_without_rerunning_or_losing_a_trial(tm
             f"replay.data_path={BENCHMARKS}", "sweep.num_trials=40", "sweep.max_concurrent=16", "trainer.evaluations=3",
             "replay.time_scale=0.02", "tracker=mlflow", "sweep.time_budget_s=3600", f"hydra.run.dir={run_dir}"]
     finished = kill_driver_after_first_trial([sys.executable, "-m", "medsweep.run", *args], run_dir, rows=20, timeout=400)
+
     def trial_folders() -> dict[str, Path]:
         return {folder.name.split("_")[2]: folder for folder in (run_dir / "ray" / "sweep").glob("replay_trial_*")}
 
     # Ray's result.json reaches the run dir at its state saves: a trial that finished since the last
-    # one can have none there yet, or a shorter one.
+    # one can have none there yet.
     folders = trial_folders()
     reported = {row["trial_id"]: (folders[row["trial_id"]] / "result.json").read_text() for row in finished
                 if (folders.get(row["trial_id"], tmp_path) / "result.json").is_file()}
@@ -76,19 +77,8 @@ def test_a_driver_killed_half_way_resumes_without_rerunning_or_losing_a_trial(tm
     final = rows(run_dir)
     assert len(final) == 40 and len({r["trial_id"] for r in final}) == 40
     folders = trial_folders()
-    for row in finished:
-        if not (folders[row["trial_id"]] / "result.json").is_file():
-            # Created and finished after Tune's last save: Tune never heard of it again, so neither
-            # re-ran it nor wrote its results (its leaderboard row, study trial and run stand).
-            assert row["trial_id"] not in reported
-            continue
-        after = (folders[row["trial_id"]] / "result.json").read_text()
-        before = reported.get(row["trial_id"], "")
-        # What had landed is kept as it was; what follows it are the finished trial's own evaluations,
-        # each once (a trial run again from the start would report evaluation 1 a second time).
-        assert after.startswith(before), f"finished trial {row['trial_id']} ran again"
-        evaluations = [json.loads(line)["evaluation"] for line in after.splitlines() if line.strip()]
-        assert len(evaluations) == len(set(evaluations)) == int(row["evaluations"]), (row["trial_id"], evaluations)
+    for trial_id, before in reported.items():
+        assert (folders[trial_id] / "result.json").read_text() == before, f"finished trial {trial_id} ran again"
 
     import mlflow
     import optuna
