@@ -18,12 +18,11 @@ for a few seconds more. What a kill -9 costs then is in config.py (ClusterConfig
 from __future__ import annotations
 
 import time
+from fnmatch import fnmatch
 
 from ray.tune import Callback
 
-from medsweep.search.resume import FINISHED
-
-STATE_PREFIX, STATE_SUFFIX = "experiment_state-", ".json"
+from medsweep.search.resume import FINISHED, STATE_FILES
 
 
 class KeepBest(Callback):
@@ -97,7 +96,7 @@ class KeepBest(Callback):
         fs = storage.storage_filesystem
         if self._state is None:
             files = fs.get_file_info(FileSelector(storage.experiment_fs_path))
-            names = [f for f in files if f.base_name.startswith(STATE_PREFIX) and f.base_name.endswith(STATE_SUFFIX)]
+            names = [f for f in files if fnmatch(f.base_name, STATE_FILES)]
             if not names:
                 return None
             # One file per driver session: this driver's is the newest.

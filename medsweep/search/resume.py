@@ -20,11 +20,12 @@ import json
 from pathlib import Path
 
 FINISHED = ("TERMINATED", "ERROR")
+STATE_FILES = "experiment_state-*.json"  # Tune's saved trial list, one file per driver session
 
 
 def saved_trials(experiment: Path) -> dict[str, str]:
     """Trial id -> status in the newest saved trial list ({} when there is none)."""
-    states = sorted(experiment.glob("experiment_state-*.json"))
+    states = sorted(experiment.glob(STATE_FILES))
     if not states:
         return {}
     trials = (json.loads(trial) for trial, _ in json.loads(states[-1].read_text())["trial_data"])
